@@ -2,6 +2,8 @@
 //! with bytes flipped, cut or appended, must decode or fail cleanly, never panic
 //! or allocate by an untrusted length.
 
+#![allow(clippy::unwrap_used)]
+
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, MetadataRequest, ProduceRequest, RequestHeader};
 use kafka_protocol::protocol::{Encodable, StrBytes};

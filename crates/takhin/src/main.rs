@@ -28,6 +28,17 @@ enum Command {
     Dev(config::DevArgs),
     /// Run the Kafka-compatible broker.
     Broker(BrokerArgs),
+    /// Measure a Kafka-protocol broker with librdkafka.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Produce records as fast as possible (or at --rate) and report throughput and latency.
+    Produce(takhin_bench::ProduceArgs),
+    /// Read records from the beginning and report throughput.
+    Consume(takhin_bench::ConsumeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +59,8 @@ fn main() -> anyhow::Result<()> {
             let config = config::broker_config(&args)?;
             runtime.block_on(run_broker(config, exit_on_stdin_eof, "broker"))
         }
+        Command::Bench(BenchCommand::Produce(args)) => takhin_bench::produce(&args),
+        Command::Bench(BenchCommand::Consume(args)) => takhin_bench::consume(&args),
         Command::Dev(args) => {
             let config = config::dev_config(&args)?;
             runtime.block_on(run_broker(config, false, "dev"))
