@@ -29,10 +29,12 @@ enum Command {
     /// Run the Kafka-compatible broker.
     Broker(BrokerArgs),
     /// Measure a Kafka-protocol broker with librdkafka.
+    #[cfg(feature = "bench")]
     #[command(subcommand)]
     Bench(BenchCommand),
 }
 
+#[cfg(feature = "bench")]
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Produce records as fast as possible (or at --rate) and report throughput and latency.
@@ -59,7 +61,9 @@ fn main() -> anyhow::Result<()> {
             let config = config::broker_config(&args)?;
             runtime.block_on(run_broker(config, exit_on_stdin_eof, "broker"))
         }
+        #[cfg(feature = "bench")]
         Command::Bench(BenchCommand::Produce(args)) => takhin_bench::produce(&args),
+        #[cfg(feature = "bench")]
         Command::Bench(BenchCommand::Consume(args)) => takhin_bench::consume(&args),
         Command::Dev(args) => {
             let config = config::dev_config(&args)?;
