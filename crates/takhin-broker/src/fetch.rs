@@ -23,8 +23,10 @@ use crate::Broker;
 /// Longest a fetch may wait, whatever the client asks, so a connection is never
 /// parked for long on a stuck request.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
-/// Used when a client sends max_bytes <= 0.
-const DEFAULT_FETCH_MAX_BYTES: usize = 50 * 1024 * 1024;
+/// Most bytes one fetch response carries, whatever the client asks (Kafka's
+/// `fetch.max.bytes` default), so a request cannot make the broker buffer a
+/// whole segment; also used when a client sends max_bytes <= 0.
+const FETCH_MAX_BYTES: usize = 55 * 1024 * 1024;
 
 const LATEST_TIMESTAMP: i64 = -1;
 const EARLIEST_TIMESTAMP: i64 = -2;
@@ -69,9 +71,9 @@ impl Broker {
 
     fn read_fetch(&self, request: &FetchRequest) -> (FetchResponse, usize, bool) {
         let mut remaining = if request.max_bytes > 0 {
-            request.max_bytes as usize
+            (request.max_bytes as usize).min(FETCH_MAX_BYTES)
         } else {
-            DEFAULT_FETCH_MAX_BYTES
+            FETCH_MAX_BYTES
         };
         let mut total_bytes = 0usize;
         let mut had_error = false;

@@ -72,9 +72,13 @@ impl Broker {
                     Some(name) => self.named_topic_metadata(name, allow_auto_create),
                     None => match self.topics.get_by_id(wanted.topic_id) {
                         Some(topic) => self.topic_metadata(&topic),
+                        // The name is nullable only from v12; before that an
+                        // empty name is how Kafka answers an unknown id.
                         None => MetadataResponseTopic::default()
+                            .with_name((version < 12).then(|| TopicName(str_bytes(""))))
                             .with_topic_id(wanted.topic_id)
-                            .with_error_code(ResponseError::UnknownTopicId.code()),
+                            .with_error_code(ResponseError::UnknownTopicId.code())
+                            .with_topic_authorized_operations(OPERATIONS_OMITTED),
                     },
                 })
                 .collect(),

@@ -201,6 +201,12 @@ impl TopicRegistry {
     }
 
     fn open_topic(&self, meta: TopicMeta) -> Result<Topic, TopicError> {
+        if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&meta.partitions) {
+            return Err(TopicError::InvalidPartitions(format!(
+                "topic `{}` metadata claims {} partitions",
+                meta.name, meta.partitions
+            )));
+        }
         let config = topic_config::effective(&self.defaults, &meta.configs)?;
         let mut partitions = Vec::with_capacity(meta.partitions as usize);
         for index in 0..meta.partitions {
@@ -230,6 +236,11 @@ impl TopicRegistry {
         for entry in fs::read_dir(logs_dir(&self.data_dir))? {
             let entry = entry?;
             let dir_name = entry.file_name().to_string_lossy().into_owned();
+            if dir_name.ends_with(".deleted") {
+                tracing::info!(dir = %entry.path().display(), "removing log of a deleted topic");
+                fs::remove_dir_all(entry.path())?;
+                continue;
+            }
             let Some((topic, partition)) = dir_name.rsplit_once('-') else {
                 continue;
             };
@@ -361,9 +372,18 @@ impl TopicRegistry {
         fs::File::open(meta_dir(&self.data_dir))?.sync_all()?;
         for index in 0..topic.partition_count() {
             let dir = partition_dir(&self.data_dir, name, index);
-            if let Err(error) = fs::remove_dir_all(&dir) {
-                // Start-up removes it as an orphan; the topic is gone either way.
-                tracing::warn!(dir = %dir.display(), %error, "could not remove partition log");
+            // Move the directory out of the way first, so a topic re-created
+            // under the same name can never reopen old segments, even if an
+            // in-flight append to the old log recreates files meanwhile.
+            let doomed = logs_dir(&self.data_dir)
+                .join(format!("{name}-{index}.{}.deleted", topic.id.simple()));
+            if let Err(error) = fs::rename(&dir, &doomed) {
+                tracing::warn!(dir = %dir.display(), %error, "could not move partition log aside");
+                continue;
+            }
+            if let Err(error) = fs::remove_dir_all(&doomed) {
+                // Start-up removes it; the topic is gone either way.
+                tracing::warn!(dir = %doomed.display(), %error, "could not remove partition log");
             }
         }
         tracing::info!(topic = name, "topic deleted");

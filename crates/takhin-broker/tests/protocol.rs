@@ -26,6 +26,11 @@ fn topic(name: &str) -> TopicName {
 }
 
 fn batch(values: &[&str], compression: Compression) -> Bytes {
+    // Recent timestamps: the default retention (7 days) would delete older ones.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let records: Vec<Record> = values
         .iter()
         .enumerate()
@@ -39,7 +44,7 @@ fn batch(values: &[&str], compression: Compression) -> Bytes {
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             sequence: -1,
-            timestamp: 1_700_000_000_000 + i as i64,
+            timestamp: now_ms + i as i64,
             key: Some(Bytes::from(format!("k{i}"))),
             value: Some(Bytes::from(value.to_string())),
             headers: IndexMap::new(),

@@ -29,7 +29,8 @@ def test_offsets_for_times_uses_time_index(broker):
     topic = unique("times")
     create_topic(broker.bootstrap, topic, 1, {"segment.bytes": "4096"})
     p = producer(broker.bootstrap, linger_ms=0)
-    base = 1_600_000_000_000
+    # Recent timestamps: records older than retention.ms would be deleted.
+    base = int(time.time() * 1000) - 3_600_000
     for i in range(200):
         p.produce(topic, key=str(i), value=b"x" * 64, partition=0, timestamp=base + 1000 * i)
         if i % 7 == 0:
