@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
@@ -38,13 +38,12 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info};
 
 use crate::group::{join_error, str_bytes, sync_error, Group, GroupState, Member};
-use crate::store::{Committed, OffsetStore};
-use crate::{GroupConfig, GroupError};
+use crate::store::{Committed, OffsetStore, MAX_GROUP_ID, MAX_METADATA, MAX_TOPIC_NAME};
+use crate::{now_ms, GroupConfig, GroupError};
 
 const TICK: Duration = Duration::from_millis(100);
+/// How often expired offsets are looked for (more often for short retentions).
 const RETENTION_CHECK: Duration = Duration::from_secs(60);
-/// Kafka's default `offset.metadata.max.bytes`.
-const MAX_METADATA: usize = 4096;
 /// READ | DELETE | DESCRIBE bits of Kafka's AclOperation, the operations a group supports.
 const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 
@@ -53,6 +52,9 @@ pub struct GroupCoordinator {
     config: GroupConfig,
     groups: Mutex<HashMap<String, Group>>,
     store: Mutex<OffsetStore>,
+    /// When this coordinator opened: the "empty since" of groups that have
+    /// offsets but no in-memory state (membership is not persisted).
+    opened_at_ms: i64,
 }
 
 enum Outcome<T> {
@@ -71,11 +73,13 @@ struct JoinParams {
     protocols: Vec<(String, Bytes)>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// Interval between retention checks: a quarter of the retention, between one
+/// tick and [`RETENTION_CHECK`].
+fn retention_check_interval(retention_ms: Option<i64>) -> Duration {
+    match retention_ms {
+        Some(ms) => Duration::from_millis((ms.max(0) / 4) as u64).clamp(TICK, RETENTION_CHECK),
+        None => RETENTION_CHECK,
+    }
 }
 
 fn nonempty(s: Option<&StrBytes>) -> Option<String> {
@@ -91,6 +95,7 @@ impl GroupCoordinator {
             config,
             groups: Mutex::new(HashMap::new()),
             store: Mutex::new(store),
+            opened_at_ms: now_ms(),
         }))
     }
 
@@ -99,14 +104,15 @@ impl GroupCoordinator {
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_retention = Instant::now();
+        let retention_check = retention_check_interval(self.config.offsets_retention_ms);
         loop {
             tokio::select! {
                 _ = interval.tick() => {
                     let now = Instant::now();
                     self.tick(now);
-                    if now.duration_since(last_retention) >= RETENTION_CHECK {
+                    if now.duration_since(last_retention) >= retention_check {
                         last_retention = now;
-                        self.expire_offsets();
+                        self.expire_offsets(now_ms());
                     }
                 }
                 changed = shutdown.changed() => {
@@ -125,15 +131,19 @@ impl GroupCoordinator {
         }
     }
 
-    fn expire_offsets(&self) {
+    fn expire_offsets(&self, now_ms: i64) {
         let Some(retention) = self.config.offsets_retention_ms else {
             return;
         };
         let groups = self.groups.lock();
-        let cutoff = now_ms().saturating_sub(retention);
-        // Only groups nobody is consuming with lose offsets, as in Kafka.
-        let eligible = |g: &str| groups.get(g).is_none_or(Group::is_empty);
-        match self.store.lock().expire(cutoff, eligible) {
+        // Only groups nobody is consuming with lose offsets, and only once they
+        // have been empty for the retention period (KIP-211).
+        let empty_since = |g: &str| match groups.get(g) {
+            Some(group) if !group.is_empty() => None,
+            Some(group) => Some(group.empty_since.unwrap_or(self.opened_at_ms)),
+            None => Some(self.opened_at_ms),
+        };
+        match self.store.lock().expire(now_ms, retention, empty_since) {
             Ok(0) => {}
             Ok(n) => info!(expired = n, "expired committed offsets past retention"),
             Err(e) => error!(error = %e, "failed to expire committed offsets"),
@@ -182,7 +192,7 @@ impl GroupCoordinator {
         let group_id = req.group_id.as_str();
         let member_id = req.member_id.as_str();
         let fail = |code: ResponseError| Outcome::Done(join_error(code, member_id));
-        if group_id.is_empty() {
+        if group_id.is_empty() || group_id.len() > MAX_GROUP_ID {
             return fail(ResponseError::InvalidGroupId);
         }
         if req.session_timeout_ms < self.config.min_session_timeout_ms
@@ -437,7 +447,7 @@ impl GroupCoordinator {
         } else {
             None
         };
-        let denied = if group_id.is_empty() {
+        let denied = if group_id.is_empty() || group_id.len() > MAX_GROUP_ID {
             Some(ResponseError::InvalidGroupId)
         } else {
             self.check_commit(
@@ -456,6 +466,8 @@ impl GroupCoordinator {
             for p in &t.partitions {
                 let code = if let Some(e) = denied {
                     e.code()
+                } else if t.name.is_empty() || t.name.len() > MAX_TOPIC_NAME {
+                    ResponseError::InvalidTopicException.code()
                 } else if p
                     .committed_metadata
                     .as_ref()

@@ -15,6 +15,8 @@ use kafka_protocol::ResponseError;
 use tokio::sync::oneshot;
 use tracing::info;
 
+use crate::now_ms;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GroupState {
     Empty,
@@ -102,6 +104,10 @@ pub(crate) struct Group {
     pub pending: HashMap<String, Instant>,
     /// group.instance.id -> member id, for static membership.
     pub static_members: HashMap<String, String>,
+    /// Wall-clock ms at which the group last became empty (created empty, or its
+    /// last member left or expired); `None` while it has members. Offset
+    /// retention counts from here (KIP-211).
+    pub empty_since: Option<i64>,
     rebalance_deadline: Option<Instant>,
     initial: Option<InitialDelay>,
     new_member_added: bool,
@@ -135,6 +141,7 @@ impl Group {
             members: IndexMap::new(),
             pending: HashMap::new(),
             static_members: HashMap::new(),
+            empty_since: Some(now_ms()),
             rebalance_deadline: None,
             initial: None,
             new_member_added: false,
@@ -257,6 +264,7 @@ impl Group {
         }
         self.pending.remove(&member.id);
         self.members.insert(member.id.clone(), member);
+        self.empty_since = None;
         self.publish_gauge();
     }
 
@@ -414,6 +422,9 @@ impl Group {
         }
         if self.leader.as_deref() == Some(id) {
             self.leader = self.members.keys().next().cloned();
+        }
+        if self.members.is_empty() {
+            self.empty_since = Some(now_ms());
         }
         Some(m)
     }

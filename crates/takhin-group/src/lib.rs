@@ -12,6 +12,7 @@ mod group;
 mod store;
 
 use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use coordinator::GroupCoordinator;
 
@@ -25,8 +26,9 @@ pub struct GroupConfig {
     /// `group.initial.rebalance.delay.ms`: how long the first join into an Empty group
     /// waits for more members before the first generation is formed.
     pub initial_rebalance_delay_ms: u64,
-    /// `offsets.retention.minutes` in ms: committed offsets of groups without
-    /// members older than this are dropped. `None` keeps them forever.
+    /// `offsets.retention.minutes` in ms: once a group has no members, its
+    /// committed offsets are dropped this long after the later of the commit and
+    /// the moment the group became empty (KIP-211). `None` keeps them forever.
     pub offsets_retention_ms: Option<i64>,
 }
 
@@ -51,4 +53,12 @@ pub enum GroupError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Wall-clock time in ms since the epoch (commit timestamps, retention).
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -5,12 +5,20 @@
 //! Payload starts with a kind byte: commit, group tombstone, topic tombstone or
 //! partition tombstone (retention expiry). A torn or corrupt tail (crash during
 //! append) is truncated at the last good record; everything before it is kept.
-//! The log is rewritten compactly (temp file, fsync, rename, fsync dir) once it
-//! holds several times more records than live offsets.
+//! A complete record (valid CRC) whose content cannot be used is skipped, never
+//! truncated at, so it cannot take later commits down with it.
+//! The log is rewritten compactly (temp file, fsync, rename, reopen, fsync dir)
+//! once it holds several times more records than live offsets.
+//!
+//! A failed append is rolled back (the file is cut back to its length before the
+//! write) so no partial record is left for later appends to hide behind. If even
+//! that fails, or the store lost track of its file during compaction, the store
+//! is marked failed and refuses every later write instead of acknowledging
+//! commits that a restart would not see.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::{BufMut, BytesMut};
@@ -20,9 +28,16 @@ use crate::GroupError;
 
 const LOG_NAME: &str = "offsets.log";
 const TMP_NAME: &str = "offsets.log.tmp";
-/// Upper bound on one record's payload; anything larger is treated as corruption
-/// rather than an allocation request.
+/// Upper bound on one record's payload. Appends refuse to write anything larger;
+/// on replay a larger length is never trusted as a torn-tail allocation request.
 const MAX_RECORD: usize = 1 << 20;
+/// Longest group id accepted for commits: the most a non-flexible Kafka STRING
+/// can carry.
+pub(crate) const MAX_GROUP_ID: usize = i16::MAX as usize;
+/// Kafka's topic name limit (`Topic.MAX_NAME_LENGTH`).
+pub(crate) const MAX_TOPIC_NAME: usize = 249;
+/// Kafka's default `offset.metadata.max.bytes`.
+pub(crate) const MAX_METADATA: usize = 4096;
 const HEADER: usize = 8;
 
 const KIND_COMMIT: u8 = 1;
@@ -69,6 +84,58 @@ pub(crate) struct OffsetStore {
     records_in_file: usize,
     /// Compaction never runs below this many records, so small logs are left alone.
     compact_min_records: usize,
+    /// Set when the file on disk may no longer match what was acknowledged (a
+    /// failed rollback, or a compaction that lost its file handle); every later
+    /// write is refused until the store is reopened.
+    failed: Option<String>,
+    #[cfg(test)]
+    pub faults: Faults,
+}
+
+/// Test-only fault injection into the store's file operations.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    /// `(n, k)`: the n-th (0-based) append write from now writes only its first
+    /// `k` bytes and then fails like ENOSPC.
+    pub write: Option<(usize, usize)>,
+    /// The n-th (0-based) append fdatasync from now fails.
+    pub sync: Option<usize>,
+    /// Rolling back a failed append (set_len) fails.
+    pub set_len: bool,
+    /// Reopening the log after the compaction rename fails.
+    pub reopen: bool,
+    /// Fsyncing the directory after the compaction rename fails.
+    pub dir_sync: bool,
+}
+
+#[cfg(test)]
+fn countdown(slot: &mut Option<usize>) -> bool {
+    match slot {
+        Some(0) => {
+            *slot = None;
+            true
+        }
+        Some(n) => {
+            *n -= 1;
+            false
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+fn injected() -> io::Error {
+    io::Error::other("injected fault")
+}
+
+/// What replay found at one position of the log.
+enum Decoded {
+    Record(Record, usize),
+    /// Intact but unusable (oversized or undecodable): skip to the next record.
+    Skip(usize),
+    /// End of log, or a torn/corrupt record: truncate here.
+    End,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GroupError + '_ {
@@ -100,10 +167,24 @@ impl OffsetStore {
         let mut offsets = OffsetMap::new();
         let mut pos = 0usize;
         let mut records = 0usize;
-        while let Some((record, next)) = read_record(&buf, pos) {
-            apply(&mut offsets, record);
+        loop {
+            match read_record(&buf, pos) {
+                Decoded::Record(record, next) => {
+                    apply(&mut offsets, record);
+                    pos = next;
+                }
+                Decoded::Skip(next) => {
+                    warn!(
+                        path = %path.display(),
+                        at = pos,
+                        bytes = next - pos,
+                        "skipping an intact but unusable offset log record"
+                    );
+                    pos = next;
+                }
+                Decoded::End => break,
+            }
             records += 1;
-            pos = next;
         }
         if pos < buf.len() {
             warn!(
@@ -123,9 +204,19 @@ impl OffsetStore {
             offsets,
             records_in_file: records,
             compact_min_records: 1024,
+            failed: None,
+            #[cfg(test)]
+            faults: Faults::default(),
         };
-        store.maybe_compact()?;
+        store.maybe_compact();
+        store.check_usable()?;
         Ok(store)
+    }
+
+    /// Whether an earlier failure left the store refusing writes.
+    #[cfg(test)]
+    pub fn is_failed(&self) -> bool {
+        self.failed.is_some()
     }
 
     #[cfg(test)]
@@ -151,11 +242,21 @@ impl OffsetStore {
     }
 
     /// Durably records a batch of commits for one group (fdatasync before returning).
+    /// The batch is refused whole if any id, name or metadata exceeds its limit
+    /// (the coordinator checks these per partition first).
     pub fn commit(
         &mut self,
         group: &str,
         entries: Vec<(String, i32, Committed)>,
     ) -> Result<(), GroupError> {
+        let too_long = group.len() > MAX_GROUP_ID
+            || entries.iter().any(|(topic, _, c)| {
+                topic.len() > MAX_TOPIC_NAME
+                    || c.metadata.as_ref().is_some_and(|m| m.len() > MAX_METADATA)
+            });
+        if too_long {
+            return Err(self.invalid("commit exceeds group id, topic name or metadata limits"));
+        }
         let records = entries
             .into_iter()
             .map(|(topic, partition, committed)| Record::Commit {
@@ -188,19 +289,23 @@ impl OffsetStore {
         Ok(())
     }
 
-    /// Drops offsets committed before `cutoff_ms` for groups accepted by `eligible`.
+    /// Drops offsets past retention (KIP-211): `empty_since(group)` is `None` for
+    /// groups that still have members (never expired) and otherwise the time the
+    /// group became empty; an offset expires once
+    /// `now_ms >= max(commit_ts, empty_since) + retention_ms`.
     pub fn expire(
         &mut self,
-        cutoff_ms: i64,
-        eligible: impl Fn(&str) -> bool,
+        now_ms: i64,
+        retention_ms: i64,
+        empty_since: impl Fn(&str) -> Option<i64>,
     ) -> Result<usize, GroupError> {
         let mut records = Vec::new();
         for (group, parts) in &self.offsets {
-            if !eligible(group) {
+            let Some(since) = empty_since(group) else {
                 continue;
-            }
+            };
             for ((topic, partition), c) in parts {
-                if c.commit_ts < cutoff_ms {
+                if now_ms >= c.commit_ts.max(since).saturating_add(retention_ms) {
                     records.push(Record::DeletePartition {
                         group: group.clone(),
                         topic: topic.clone(),
@@ -217,7 +322,65 @@ impl OffsetStore {
     }
 
     pub fn sync(&self) -> Result<(), GroupError> {
+        self.check_usable()?;
         self.file.sync_all().map_err(io_err(&self.path))
+    }
+
+    fn invalid(&self, msg: &str) -> GroupError {
+        GroupError::Io {
+            path: self.path.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, msg.to_string()),
+        }
+    }
+
+    fn check_usable(&self) -> Result<(), GroupError> {
+        match &self.failed {
+            None => Ok(()),
+            Some(why) => Err(GroupError::Io {
+                path: self.path.clone(),
+                source: io::Error::other(format!(
+                    "offset store failed earlier ({why}); refusing writes until reopened"
+                )),
+            }),
+        }
+    }
+
+    fn mark_failed(&mut self, why: String) {
+        tracing::error!(path = %self.path.display(), reason = %why, "offset store marked failed");
+        self.failed = Some(why);
+    }
+
+    fn write_log(&mut self, buf: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some((n, k)) = &mut self.faults.write {
+            if *n == 0 {
+                let k = (*k).min(buf.len());
+                self.faults.write = None;
+                self.file.write_all(&buf[..k])?;
+                return Err(injected());
+            }
+            *n -= 1;
+        }
+        self.file.write_all(buf)
+    }
+
+    fn sync_log(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if countdown(&mut self.faults.sync) {
+            return Err(injected());
+        }
+        self.file.sync_data()
+    }
+
+    /// Cuts the log back to `len` after a failed append and makes that durable.
+    fn rollback(&mut self, len: u64) -> io::Result<()> {
+        #[cfg(test)]
+        if self.faults.set_len {
+            return Err(injected());
+        }
+        self.file.set_len(len)?;
+        self.file.seek(SeekFrom::Start(len))?;
+        self.file.sync_data()
     }
 
     fn live_count(&self) -> usize {
@@ -225,64 +388,123 @@ impl OffsetStore {
     }
 
     fn append(&mut self, records: Vec<Record>) -> Result<(), GroupError> {
+        self.check_usable()?;
         let mut buf = BytesMut::new();
         for r in &records {
-            encode_record(&mut buf, r);
+            if let Err(e) = encode_record(&mut buf, r) {
+                return Err(self.invalid(e));
+            }
         }
-        self.file.write_all(&buf).map_err(io_err(&self.path))?;
+        let start = self
+            .file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(io_err(&self.path))?;
         // The commit is acknowledged only once it is on disk.
-        self.file.sync_data().map_err(io_err(&self.path))?;
+        let written = self.write_log(&buf).and_then(|()| self.sync_log());
+        if let Err(e) = written {
+            // Never leave a partial record behind: later appends would land after
+            // it and replay would stop (and truncate) at it, losing them.
+            if let Err(re) = self.rollback(start) {
+                self.mark_failed(format!(
+                    "could not roll back a failed append to {start} bytes: {re}"
+                ));
+            }
+            return Err(GroupError::Io {
+                path: self.path.clone(),
+                source: e,
+            });
+        }
         self.records_in_file += records.len();
         for r in records {
             apply(&mut self.offsets, r);
         }
-        self.maybe_compact()
+        // The records are durable; a compaction problem does not undo that.
+        self.maybe_compact();
+        Ok(())
     }
 
-    fn maybe_compact(&mut self) -> Result<(), GroupError> {
+    /// Compacts when the log is mostly superseded records. Failures before the
+    /// rename leave the old log in charge and are only logged; failures after it
+    /// mark the store failed (inside [`Self::compact`]).
+    fn maybe_compact(&mut self) {
         let live = self.live_count();
         if self.records_in_file < self.compact_min_records
             || self.records_in_file <= live.saturating_mul(4)
         {
-            return Ok(());
+            return;
         }
+        if let Err(e) = self.compact(live) {
+            warn!(error = %e, "offset log compaction failed");
+        }
+    }
+
+    fn compact(&mut self, live: usize) -> Result<(), GroupError> {
         let tmp = self.dir.join(TMP_NAME);
         let mut buf = BytesMut::new();
         for (group, parts) in &self.offsets {
             for ((topic, partition), committed) in parts {
-                encode_record(
-                    &mut buf,
-                    &Record::Commit {
-                        group: group.clone(),
-                        topic: topic.clone(),
-                        partition: *partition,
-                        committed: committed.clone(),
-                    },
-                );
+                let record = Record::Commit {
+                    group: group.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    committed: committed.clone(),
+                };
+                if let Err(e) = encode_record(&mut buf, &record) {
+                    return Err(self.invalid(e));
+                }
             }
         }
-        {
-            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-            f.write_all(&buf).map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
+        let written = File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&buf)?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_err(&tmp)(e));
         }
-        std::fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
-        // The rename itself must be durable, or a crash could resurrect the old log.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))?;
-        self.file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(io_err(&self.path))?;
+        // The old file is unlinked now: switch to the new one before anything
+        // else can fail, or later appends would go to a deleted inode.
+        match self.reopen() {
+            Ok(f) => self.file = f,
+            Err(e) => {
+                self.mark_failed(format!("could not reopen the log after compaction: {e}"));
+                return Err(io_err(&self.path)(e));
+            }
+        }
         info!(
             before = self.records_in_file,
             after = live,
             "offset log compacted"
         );
         self.records_in_file = live;
+        // The rename itself must be durable, or a crash could resurrect the old
+        // log without the commits appended to the new one from here on.
+        if let Err(e) = self.sync_dir() {
+            self.mark_failed(format!(
+                "could not fsync the directory after compaction: {e}"
+            ));
+            return Err(io_err(&self.dir)(e));
+        }
         Ok(())
+    }
+
+    fn reopen(&mut self) -> io::Result<File> {
+        #[cfg(test)]
+        if self.faults.reopen {
+            return Err(injected());
+        }
+        OpenOptions::new().read(true).append(true).open(&self.path)
+    }
+
+    fn sync_dir(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.faults.dir_sync {
+            return Err(injected());
+        }
+        File::open(&self.dir).and_then(|d| d.sync_all())
     }
 }
 
@@ -328,7 +550,8 @@ fn put_str(buf: &mut BytesMut, s: &str) {
     buf.put_slice(s.as_bytes());
 }
 
-fn encode_record(out: &mut BytesMut, record: &Record) {
+/// Appends one framed record to `out`; refuses payloads replay would not accept.
+fn encode_record(out: &mut BytesMut, record: &Record) -> Result<(), &'static str> {
     let mut p = BytesMut::new();
     match record {
         Record::Commit {
@@ -371,9 +594,13 @@ fn encode_record(out: &mut BytesMut, record: &Record) {
             p.put_i32(*partition);
         }
     }
+    if p.len() > MAX_RECORD {
+        return Err("offset log record larger than the 1 MiB limit");
+    }
     out.put_u32(p.len() as u32);
     out.put_u32(crc32c::crc32c(&p));
     out.put_slice(&p);
+    Ok(())
 }
 
 /// Bounds-checked reader over an untrusted payload; every getter returns `None`
@@ -418,20 +645,36 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes the record at `pos`; `None` means end of log or a torn/corrupt record.
-fn read_record(buf: &[u8], pos: usize) -> Option<(Record, usize)> {
-    let mut hdr = Reader {
-        buf: buf.get(pos..)?,
+/// Decodes the record at `pos`. A record that is complete and CRC-valid is
+/// either used or skipped; only a torn or corrupt one ends the log.
+fn read_record(buf: &[u8], pos: usize) -> Decoded {
+    let Some(rest) = buf.get(pos..) else {
+        return Decoded::End;
     };
-    let len = hdr.u32()? as usize;
-    let crc = hdr.u32()?;
-    if len > MAX_RECORD {
-        return None;
-    }
-    let payload = hdr.take(len)?;
+    let mut hdr = Reader { buf: rest };
+    let (Some(len), Some(crc)) = (hdr.u32(), hdr.u32()) else {
+        return Decoded::End;
+    };
+    let len = len as usize;
+    // The whole log is already in memory, so an absurd length costs nothing:
+    // it either fits in what was read (and is checked) or is a torn tail.
+    let Some(payload) = hdr.take(len) else {
+        return Decoded::End;
+    };
     if crc32c::crc32c(payload) != crc {
-        return None;
+        return Decoded::End;
     }
+    let next = pos + HEADER + len;
+    if len > MAX_RECORD {
+        return Decoded::Skip(next);
+    }
+    match decode_payload(payload) {
+        Some(record) => Decoded::Record(record, next),
+        None => Decoded::Skip(next),
+    }
+}
+
+fn decode_payload(payload: &[u8]) -> Option<Record> {
     let mut r = Reader { buf: payload };
     let record = match r.u8()? {
         KIND_COMMIT => Record::Commit {
@@ -454,7 +697,7 @@ fn read_record(buf: &[u8], pos: usize) -> Option<(Record, usize)> {
         },
         _ => return None,
     };
-    Some((record, pos + HEADER + len))
+    Some(record)
 }
 
 #[cfg(test)]
@@ -521,5 +764,180 @@ mod tests {
         }
         let s = OffsetStore::open(dir.path()).unwrap();
         assert_eq!(s.group("g").unwrap()[&("t".to_string(), 0)].offset, 49);
+    }
+
+    fn offset_of(s: &OffsetStore, group: &str, topic: &str) -> Option<i64> {
+        s.group(group)
+            .and_then(|g| g.get(&(topic.to_string(), 0)))
+            .map(|c| c.offset)
+    }
+
+    #[test]
+    fn torn_write_is_rolled_back_and_later_commits_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = OffsetStore::open(dir.path()).unwrap();
+            s.commit("g", vec![("a".into(), 0, c(1))]).unwrap();
+            // ENOSPC after 5 bytes of the next record.
+            s.faults.write = Some((0, 5));
+            assert!(s.commit("g", vec![("b".into(), 0, c(2))]).is_err());
+            assert_eq!(offset_of(&s, "g", "b"), None);
+            s.commit("g", vec![("c".into(), 0, c(3))]).unwrap();
+            assert!(!s.is_failed());
+        }
+        let s = OffsetStore::open(dir.path()).unwrap();
+        assert_eq!(offset_of(&s, "g", "a"), Some(1));
+        assert_eq!(offset_of(&s, "g", "b"), None);
+        assert_eq!(offset_of(&s, "g", "c"), Some(3), "acknowledged commit lost");
+        assert_eq!(s.records_in_file(), 2);
+    }
+
+    #[test]
+    fn failed_sync_is_rolled_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = OffsetStore::open(dir.path()).unwrap();
+            s.commit("g", vec![("a".into(), 0, c(1))]).unwrap();
+            s.faults.sync = Some(0);
+            assert!(s.commit("g", vec![("a".into(), 0, c(2))]).is_err());
+            s.commit("g", vec![("c".into(), 0, c(3))]).unwrap();
+        }
+        // The unacknowledged commit does not resurface after a restart.
+        let s = OffsetStore::open(dir.path()).unwrap();
+        assert_eq!(offset_of(&s, "g", "a"), Some(1));
+        assert_eq!(offset_of(&s, "g", "c"), Some(3));
+    }
+
+    #[test]
+    fn failed_rollback_marks_store_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = OffsetStore::open(dir.path()).unwrap();
+            s.commit("g", vec![("a".into(), 0, c(1))]).unwrap();
+            s.faults.write = Some((0, 5));
+            s.faults.set_len = true;
+            assert!(s.commit("g", vec![("b".into(), 0, c(2))]).is_err());
+            assert!(s.is_failed());
+            // Nothing after the torn bytes may be acknowledged.
+            assert!(s.commit("g", vec![("c".into(), 0, c(3))]).is_err());
+            assert!(s.delete_group("g").is_err());
+            assert!(s.sync().is_err());
+        }
+        let s = OffsetStore::open(dir.path()).unwrap();
+        assert!(!s.is_failed());
+        assert_eq!(offset_of(&s, "g", "a"), Some(1));
+        assert_eq!(offset_of(&s, "g", "c"), None);
+    }
+
+    /// Commits one offset at a time until the store refuses, and checks that the
+    /// last acknowledged one is what a restart sees.
+    fn compaction_fault(set: impl Fn(&mut Faults)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut acked = None;
+        {
+            let mut s = OffsetStore::open(dir.path()).unwrap();
+            s.set_compact_min_records(10);
+            set(&mut s.faults);
+            for i in 0..50 {
+                if s.commit("g", vec![("t".into(), 0, c(i))]).is_ok() {
+                    acked = Some(i);
+                }
+            }
+            assert!(s.is_failed());
+        }
+        let s = OffsetStore::open(dir.path()).unwrap();
+        assert_eq!(offset_of(&s, "g", "t"), acked, "acknowledged commit lost");
+    }
+
+    #[test]
+    fn failed_reopen_after_compaction_marks_store_failed() {
+        compaction_fault(|f| f.reopen = true);
+    }
+
+    #[test]
+    fn failed_dir_sync_after_compaction_marks_store_failed() {
+        compaction_fault(|f| f.dir_sync = true);
+    }
+
+    #[test]
+    fn oversized_commit_is_refused_and_cannot_wipe_later_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = OffsetStore::open(dir.path()).unwrap();
+            let mut big = c(1);
+            big.metadata = Some("x".repeat(MAX_RECORD + 1));
+            assert!(s.commit("g", vec![("t".into(), 0, big)]).is_err());
+            let long_topic = "t".repeat(MAX_TOPIC_NAME + 1);
+            assert!(s.commit("g", vec![(long_topic, 0, c(1))]).is_err());
+            assert!(s
+                .commit(&"g".repeat(MAX_GROUP_ID + 1), vec![("t".into(), 0, c(1))])
+                .is_err());
+            s.commit("g", vec![("t".into(), 0, c(2))]).unwrap();
+        }
+        let s = OffsetStore::open(dir.path()).unwrap();
+        assert_eq!(offset_of(&s, "g", "t"), Some(2));
+        assert_eq!(s.records_in_file(), 1);
+        let mut buf = BytesMut::new();
+        let huge = Record::DeleteTopic("t".repeat(MAX_RECORD));
+        assert!(encode_record(&mut buf, &huge).is_err());
+        assert!(buf.is_empty());
+    }
+
+    /// Frames `payload` the way `encode_record` does, with a valid CRC.
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut v = (payload.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(&crc32c::crc32c(payload).to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn intact_but_unusable_records_are_skipped_not_truncated_at() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = OffsetStore::open(dir.path()).unwrap();
+            s.commit("g", vec![("a".into(), 0, c(1))]).unwrap();
+        }
+        let path = dir.path().join(LOG_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // An oversized record as older versions could write, an unknown kind, and
+        // a commit whose strings are cut short: all CRC-valid.
+        let mut oversized = vec![KIND_DELETE_TOPIC];
+        oversized.extend_from_slice(&((MAX_RECORD as u32).to_be_bytes()));
+        oversized.resize(MAX_RECORD + 5, b'x');
+        bytes.extend(frame(&oversized));
+        bytes.extend(frame(&[99, 1, 2, 3]));
+        bytes.extend(frame(&[KIND_COMMIT, 0, 0, 0, 50, b'g']));
+        std::fs::write(&path, &bytes).unwrap();
+        {
+            let mut s = OffsetStore::open(dir.path()).unwrap();
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes.len() as u64);
+            s.commit("g", vec![("b".into(), 0, c(2))]).unwrap();
+        }
+        let s = OffsetStore::open(dir.path()).unwrap();
+        assert_eq!(offset_of(&s, "g", "a"), Some(1));
+        assert_eq!(offset_of(&s, "g", "b"), Some(2));
+        assert_eq!(s.records_in_file(), 5);
+    }
+
+    #[test]
+    fn expiry_counts_from_the_later_of_commit_and_empty_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = OffsetStore::open(dir.path()).unwrap();
+        let mut old = c(1);
+        old.commit_ts = 1000;
+        s.commit("g", vec![("t".into(), 0, old.clone())]).unwrap();
+        s.commit("h", vec![("t".into(), 0, old)]).unwrap();
+        // Group with members: never expires.
+        assert_eq!(s.expire(1_000_000, 100, |_| None).unwrap(), 0);
+        // Empty since 5000: the commit is old, but retention counts from 5000.
+        let since = |g: &str| (g == "g").then_some(5000);
+        assert_eq!(s.expire(5099, 100, since).unwrap(), 0);
+        assert_eq!(s.expire(5100, 100, since).unwrap(), 1);
+        assert!(s.group("g").is_none());
+        assert!(s.group("h").is_some());
+        // Empty since before the commit: the commit time counts.
+        assert_eq!(s.expire(1099, 100, |_| Some(0)).unwrap(), 0);
+        assert_eq!(s.expire(1100, 100, |_| Some(0)).unwrap(), 1);
     }
 }

@@ -737,3 +737,128 @@ async fn responses_encode_at_their_versions() {
         enc(&h.c.delete_groups(req, v), v);
     }
 }
+
+fn start_with(config: GroupConfig, dir: tempfile::TempDir) -> Harness {
+    let c = GroupCoordinator::open(dir.path(), config).unwrap();
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(c.clone().run_timers(rx));
+    Harness { c, _stop: tx, dir }
+}
+
+fn with_retention(ms: i64) -> GroupConfig {
+    GroupConfig {
+        offsets_retention_ms: Some(ms),
+        ..config(0)
+    }
+}
+
+#[tokio::test]
+async fn oversized_ids_are_rejected_and_cannot_wipe_later_commits() {
+    let h = start(0);
+    let part = |o: i64| {
+        OffsetCommitRequestPartition::default()
+            .with_partition_index(0)
+            .with_committed_offset(o)
+    };
+    let huge_topic = "t".repeat(2 << 20);
+    let r = h.c.offset_commit(
+        OffsetCommitRequest::default()
+            .with_group_id(GroupId(s("og")))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(s(&huge_topic)))
+                    .with_partitions(vec![part(1)]),
+                OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(s(&"t".repeat(250))))
+                    .with_partitions(vec![part(1)]),
+                OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(s("ok")))
+                    .with_partitions(vec![
+                        part(5),
+                        part(1)
+                            .with_partition_index(1)
+                            .with_committed_metadata(Some(s(&"m".repeat(4097)))),
+                    ]),
+            ]),
+        8,
+    );
+    let codes: Vec<i16> = r
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+        .collect();
+    let invalid_topic = ResponseError::InvalidTopicException.code();
+    assert_eq!(
+        codes,
+        vec![
+            invalid_topic,
+            invalid_topic,
+            0,
+            ResponseError::OffsetMetadataTooLarge.code()
+        ]
+    );
+    let long_group = "g".repeat(40_000);
+    let r =
+        h.c.offset_commit(commit_req(&long_group, -1, "", "ok", 0, 1), 8);
+    assert_eq!(
+        r.topics[0].partitions[0].error_code,
+        ResponseError::InvalidGroupId.code()
+    );
+    let j = h.c.join_group(join_req(&long_group, "", b"m"), 5).await;
+    assert_eq!(j.error_code, ResponseError::InvalidGroupId.code());
+
+    let r = h.c.offset_commit(commit_req("og", -1, "", "ok", 2, 6), 8);
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    h.c.close().unwrap();
+    let c2 = GroupCoordinator::open(h.dir.path(), config(0)).unwrap();
+    assert_eq!(fetch_v7(&c2, "og", "ok", &[0, 1, 2]), vec![5, -1, 6]);
+    assert_eq!(c2.committed_offsets().len(), 2);
+}
+
+#[tokio::test]
+async fn offsets_expire_retention_after_group_became_empty() {
+    let h = start_with(with_retention(2000), tempfile::tempdir().unwrap());
+    let r = join_new(&h.c, "rg", b"meta").await;
+    let me = r.member_id.to_string();
+    let generation = r.generation_id;
+    let sync = h.c.sync_group(sync_req("rg", &me, generation), 3).await;
+    assert_eq!(sync.error_code, 0);
+    let commit =
+        h.c.offset_commit(commit_req("rg", generation, &me, "t", 0, 42), 8);
+    assert_eq!(commit.topics[0].partitions[0].error_code, 0);
+
+    // Stay in the group past the retention: offsets of live groups never expire.
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(heartbeat(&h.c, "rg", &me, generation), 0);
+    }
+    assert_eq!(fetch_v7(&h.c, "rg", "t", &[0]), vec![42]);
+
+    // The commit is older than the retention, but the group only just became
+    // empty: KIP-211 counts from there.
+    assert_eq!(leave(&h.c, "rg", &me), 0);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(fetch_v7(&h.c, "rg", "t", &[0]), vec![42]);
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(fetch_v7(&h.c, "rg", "t", &[0]), vec![-1]);
+}
+
+#[tokio::test]
+async fn memberless_groups_at_open_count_retention_from_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = GroupCoordinator::open(dir.path(), config(0)).unwrap();
+        let r = c.offset_commit(commit_req("sg", -1, "", "t", 0, 9), 8);
+        assert_eq!(r.topics[0].partitions[0].error_code, 0);
+        c.close().unwrap();
+    }
+    // The broker was down longer than the retention.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let h = start_with(with_retention(1000), dir);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(fetch_v7(&h.c, "sg", "t", &[0]), vec![9]);
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    assert_eq!(fetch_v7(&h.c, "sg", "t", &[0]), vec![-1]);
+}
