@@ -216,6 +216,32 @@ impl PartitionLog {
                 std::fs::remove_file(&path)?;
                 continue;
             }
+            let first_base = inner.segments.keys().next().copied();
+            if c.segment.is_empty() && first_base != Some(c.base) {
+                // Every record was superseded: drop the segment instead of keeping an empty
+                // one. Offsets stay preserved: the previous segment now spans up to the next
+                // one's base (also what `open` infers from file names), and reads in the gap
+                // move on to the next segment. The log's first segment is kept even when
+                // empty, as its base offset is what anchors log_start across reopens.
+                let removed = inner.segments.remove(&c.base);
+                drop(c.segment);
+                std::fs::remove_file(&path)?;
+                Segment::delete_files(&self.dir, c.base);
+                if let (Some(old), Some((_, prev))) =
+                    (removed, inner.segments.range_mut(..c.base).next_back())
+                {
+                    prev.next_offset = prev.next_offset.max(old.next_offset);
+                }
+                report.segments_cleaned += 1;
+                report.records_removed += c.records_removed;
+                report.bytes_before += c.bytes_before;
+                tracing::info!(
+                    base_offset = c.base,
+                    records_removed = c.records_removed,
+                    "compaction emptied log segment, removed it"
+                );
+                continue;
+            }
             std::fs::rename(&path, segment::log_path(&self.dir, c.base))?;
             let mut seg = c.segment;
             if let Some(old) = inner.segments.get(&c.base) {
@@ -237,6 +263,8 @@ impl PartitionLog {
             );
             inner.segments.insert(c.base, seg);
         }
+        // Still under the lock: the renames and index files written above must be durable before
+        // anything else (retention, a roll) changes the directory again. Compaction runs rarely.
         segment::sync_dir(&self.dir)?;
         Ok(report)
     }

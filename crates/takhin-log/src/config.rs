@@ -65,6 +65,9 @@ pub struct LogConfig {
     /// Bytes between two sparse index entries.
     pub index_interval_bytes: u32,
     pub flush: FlushPolicy,
+    /// Idempotent-producer state is dropped this long after the producer's last append
+    /// (Kafka's `producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -81,6 +84,7 @@ impl Default for LogConfig {
             message_timestamp_type: TimestampType::CreateTime,
             index_interval_bytes: 4096,
             flush: FlushPolicy::Never,
+            producer_id_expiration_ms: DAY_MS,
         }
     }
 }

@@ -21,7 +21,8 @@ use crate::segment::{self, ScanMode, Segment};
 const CLEAN_SHUTDOWN_FILE: &str = "clean_shutdown";
 /// Offset below which all data is known to be fsynced; unclean recovery CRC-checks from there.
 const RECOVERY_POINT_FILE: &str = "recovery_point";
-/// A read that lands in a compaction gap at a segment's end may walk on; bound how far.
+/// A read that lands in a compaction gap at a segment's end may walk on; bound how far (in
+/// non-empty segments: empty ones are skipped without counting).
 const MAX_READ_SEGMENTS: usize = 8;
 
 /// Result of a successful append.
@@ -70,6 +71,22 @@ pub(crate) struct Inner {
     unflushed_bytes: u64,
     last_flush_ms: Option<i64>,
     clean_marker: bool,
+    /// Log end offset up to which everything is known to be fsynced.
+    flushed_end: i64,
+    /// Last value written to the recovery point file.
+    recovery_point: i64,
+    /// Segments rolled but not yet made durable (fsync, index files, directory); completed
+    /// outside this lock by [`PartitionLog::sync_pending`], in order.
+    pending_seals: Vec<PendingSeal>,
+}
+
+/// A rolled segment whose durability work is still to be done.
+#[derive(Clone, Debug)]
+pub(crate) struct PendingSeal {
+    base: i64,
+    file: Arc<File>,
+    /// One past its last offset, i.e. the new active segment's base.
+    end: i64,
 }
 
 impl Inner {
@@ -108,6 +125,9 @@ pub struct PartitionLog {
     pub(crate) inner: Mutex<Inner>,
     /// Serialises compactions; they run mostly outside `inner`.
     pub(crate) compact_lock: Mutex<()>,
+    /// Serialises fsyncs and recovery point writes, which happen outside `inner` (so appends
+    /// and reads never wait for the disk). Lock order: `flush_lock` before `inner`.
+    flush_lock: Mutex<()>,
 }
 
 fn read_recovery_point(dir: &Path) -> i64 {
@@ -204,7 +224,13 @@ pub(crate) fn decode_batch(bytes: &Bytes) -> Result<kafka_protocol::records::Rec
 impl PartitionLog {
     /// Opens or creates the log in `dir`, recovering it (see crate docs).
     pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog, LogError> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            // Make the new partition directory's own entry durable.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                segment::sync_dir(parent)?;
+            }
+        }
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
@@ -243,6 +269,25 @@ impl PartitionLog {
             for h in &headers {
                 producers.replay(h);
             }
+            if truncated && next_base.is_some_and(|n| n <= recovery_point) {
+                // A sealed segment below the recovery point was fsynced when it was rolled, so
+                // the damage is not a torn write and the later segments are intact: lose only
+                // the rest of this segment (like Kafka's per-segment recovery) and keep going.
+                let next = next_base.unwrap_or(seg.next_offset);
+                let first_lost = headers.last().map_or(base, |h| h.last_offset() + 1);
+                tracing::error!(
+                    dir = %dir.display(),
+                    segment_base_offset = base,
+                    first_lost_offset = first_lost,
+                    last_lost_offset = next - 1,
+                    "corrupt batch in a sealed log segment below the recovery point: truncated \
+                     that segment, its offsets {first_lost}..{} are lost",
+                    next - 1
+                );
+                seg.next_offset = seg.next_offset.max(next);
+                segments.insert(base, seg);
+                continue;
+            }
             if truncated {
                 for &later in &bases[i + 1..] {
                     tracing::warn!(
@@ -272,6 +317,11 @@ impl PartitionLog {
             }
         }
         let log_start = segments.keys().next().copied().unwrap_or(0);
+        let log_end = segments
+            .values()
+            .next_back()
+            .map_or(0, |s: &Segment| s.next_offset);
+        let durable_end = recovery_point.min(log_end);
         if clean {
             // From now on a crash must trigger recovery again.
             std::fs::remove_file(dir.join(CLEAN_SHUTDOWN_FILE))?;
@@ -287,8 +337,12 @@ impl PartitionLog {
                 unflushed_bytes: 0,
                 last_flush_ms: None,
                 clean_marker: false,
+                flushed_end: durable_end,
+                recovery_point: durable_end,
+                pending_seals: Vec::new(),
             }),
             compact_lock: Mutex::new(()),
+            flush_lock: Mutex::new(()),
         })
     }
 
@@ -301,12 +355,18 @@ impl PartitionLog {
     }
 
     /// Validates, assigns offsets, checks producer sequences and appends one produce payload.
+    ///
+    /// The write itself is all-or-nothing. Durability work that follows it (the fsync the
+    /// [`FlushPolicy`] asks for, completing a segment roll) runs after the partition lock is
+    /// released; if it fails the error is logged and the append still succeeds, since the records
+    /// are in the log and visible to readers: the next flush retries.
     pub fn append(&self, records: &[u8], now_ms: i64) -> Result<AppendInfo, LogError> {
         let config = self.config();
-        let batches = batch::split_payload(records, config.max_message_bytes)?;
-        if config.cleanup_policy.compacts() {
-            validate_keys(records, &batches)?;
-        }
+        let batches = batch::split_payload(
+            records,
+            config.max_message_bytes,
+            config.cleanup_policy.compacts(),
+        )?;
         let log_append_time = config.message_timestamp_type == TimestampType::LogAppendTime;
         let mut data = records.to_vec();
 
@@ -352,7 +412,9 @@ impl PartitionLog {
                         let e = entry.get_or_insert_with(|| ProducerEntry {
                             epoch: h.producer_epoch,
                             batches: Default::default(),
+                            last_timestamp: now_ms,
                         });
+                        e.last_timestamp = now_ms;
                         producer::record(e, &h, base, last);
                     }
                 }
@@ -378,8 +440,9 @@ impl PartitionLog {
                 inner.producers.insert(pid, entry);
             }
         }
-        self.flush_per_policy(inner, data.len() as u64, now_ms, &config)?;
-        Ok(AppendInfo {
+        let sync = flush_due(inner, data.len() as u64, now_ms, &config);
+        let rolled = !inner.pending_seals.is_empty();
+        let info = AppendInfo {
             base_offset: log_end,
             last_offset: next - 1,
             log_append_time_ms: if log_append_time { now_ms } else { -1 },
@@ -387,7 +450,23 @@ impl PartitionLog {
             record_count,
             bytes: data.len() as u64,
             duplicate: false,
-        })
+        };
+        drop(guard);
+        if sync || rolled {
+            let _flushing = self.flush_lock.lock();
+            // A roll's durability is completed here; the recovery point is only advanced for it
+            // (per-append policy fsyncs leave that file to flush(), as before).
+            if let Err(e) = self.sync_pending(sync, rolled) {
+                tracing::error!(
+                    dir = %self.dir.display(),
+                    error = %e,
+                    "fsync after append failed; the records are in the log, the next flush retries"
+                );
+            } else if sync {
+                self.inner.lock().last_flush_ms = Some(now_ms);
+            }
+        }
+        Ok(info)
     }
 
     fn write_batches(
@@ -427,6 +506,8 @@ impl PartitionLog {
 
     /// Undoes a partially written append after an IO error so the call stays all-or-nothing.
     fn rollback(&self, inner: &mut Inner, orig_base: i64, orig_size: u64) {
+        // Rolls made by this append are undone with it.
+        inner.pending_seals.retain(|p| p.base < orig_base);
         let newer: Vec<i64> = inner
             .segments
             .range(orig_base + 1..)
@@ -449,7 +530,10 @@ impl PartitionLog {
         }
     }
 
-    /// Seals the active segment (indexes written, everything fsynced) and starts a new one.
+    /// Seals the active segment and starts a new one. Only in-memory work and the new file's
+    /// creation happen here, under the lock; fsyncing the sealed data, writing its index files,
+    /// syncing the directory and advancing the recovery point are queued as a [`PendingSeal`]
+    /// that the caller completes with [`Self::sync_pending`] once it released the lock.
     fn roll(&self, inner: &mut Inner) -> Result<(), LogError> {
         let end = inner.log_end();
         let active = inner.active_mut();
@@ -457,39 +541,107 @@ impl PartitionLog {
             return Ok(());
         }
         active.seal();
-        active.file.sync_data()?;
-        active.write_indexes(&self.dir)?;
+        let pending = PendingSeal {
+            base: active.base_offset,
+            file: Arc::clone(&active.file),
+            end,
+        };
         let seg = Segment::create(&self.dir, end)?;
         inner.segments.insert(end, seg);
-        segment::sync_dir(&self.dir)?;
-        write_recovery_point(&self.dir, end)?;
+        inner.pending_seals.push(pending);
         inner.unflushed_bytes = 0;
         Ok(())
     }
 
-    fn flush_per_policy(
-        &self,
-        inner: &mut Inner,
-        bytes: u64,
-        now_ms: i64,
-        config: &LogConfig,
-    ) -> Result<(), LogError> {
-        let sync = match config.flush {
-            FlushPolicy::Never => false,
-            FlushPolicy::EveryBatch => true,
-            FlushPolicy::Bytes(n) => {
-                inner.unflushed_bytes += bytes;
-                inner.unflushed_bytes >= n
-            }
-            FlushPolicy::Interval(d) => {
-                let last = *inner.last_flush_ms.get_or_insert(now_ms);
-                now_ms.saturating_sub(last) >= i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-            }
+    /// Completes pending seals (in roll order) and, with `sync_active`, fsyncs the active
+    /// segment if anything was appended since the last fsync; with `write_rp` the recovery point
+    /// file then records what became durable. The caller holds `flush_lock`; `inner` is only
+    /// taken briefly to snapshot and to record what was synced, never across an fsync.
+    fn sync_pending(&self, sync_active: bool, write_rp: bool) -> Result<(), LogError> {
+        let (seals, active, flushed, rp_behind) = {
+            let mut inner = self.inner.lock();
+            let seals = std::mem::take(&mut inner.pending_seals);
+            let end = inner.log_end();
+            let active = (sync_active && end > inner.flushed_end)
+                .then(|| (Arc::clone(&inner.active().file), end, inner.unflushed_bytes));
+            // Durable data the recovery point file does not cover yet (policy fsyncs do not
+            // write it, or its last write failed).
+            let rp_behind = write_rp && inner.recovery_point < inner.flushed_end;
+            (seals, active, inner.flushed_end, rp_behind)
         };
-        if sync {
-            inner.active().file.sync_data()?;
-            inner.unflushed_bytes = 0;
-            inner.last_flush_ms = Some(now_ms);
+        if seals.is_empty() && active.is_none() && !rp_behind {
+            return Ok(());
+        }
+        let requeue = |seals: &[PendingSeal]| {
+            let mut inner = self.inner.lock();
+            inner.pending_seals.splice(0..0, seals.iter().cloned());
+        };
+        for (i, seal) in seals.iter().enumerate() {
+            if let Err(e) = self.complete_seal(seal) {
+                requeue(&seals[i..]);
+                return Err(e);
+            }
+        }
+        if !seals.is_empty() {
+            // The sealed files' and the new segments' directory entries.
+            if let Err(e) = segment::sync_dir(&self.dir) {
+                requeue(&seals);
+                return Err(e.into());
+            }
+        }
+        let mut durable = seals.last().map_or(flushed, |p| p.end.max(flushed));
+        if let Some((file, end, _)) = &active {
+            file.sync_data()?;
+            durable = durable.max(*end);
+        }
+        let advance_rp = write_rp && durable > self.inner.lock().recovery_point;
+        if advance_rp {
+            write_recovery_point(&self.dir, durable)?;
+        }
+        let mut inner = self.inner.lock();
+        inner.flushed_end = inner.flushed_end.max(durable);
+        if advance_rp {
+            inner.recovery_point = inner.recovery_point.max(durable);
+        }
+        if let Some((_, _, bytes)) = active {
+            inner.unflushed_bytes = inner.unflushed_bytes.saturating_sub(bytes);
+        }
+        Ok(())
+    }
+
+    /// Makes one rolled segment durable: its data, then its index files.
+    fn complete_seal(&self, seal: &PendingSeal) -> Result<(), LogError> {
+        seal.file.sync_data()?;
+        let indexes = {
+            let inner = self.inner.lock();
+            inner
+                .segments
+                .get(&seal.base)
+                .filter(|s| Arc::ptr_eq(&s.file, &seal.file))
+                .map(|s| (s.index_bytes(), s.time_index_bytes()))
+        };
+        // Gone (retention) or replaced (compaction, which wrote its own indexes): nothing to do.
+        let Some((idx, tidx)) = indexes else {
+            return Ok(());
+        };
+        segment::write_synced(&segment::index_path(&self.dir, seal.base), &idx)?;
+        segment::write_synced(&segment::time_index_path(&self.dir, seal.base), &tidx)?;
+        // Retention or compaction may have changed the segment while the files were written.
+        let inner = self.inner.lock();
+        match inner.segments.get(&seal.base) {
+            None => {
+                for p in [
+                    segment::index_path(&self.dir, seal.base),
+                    segment::time_index_path(&self.dir, seal.base),
+                ] {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            // Rare: a compaction swapped this segment in meanwhile and our files are stale.
+            // Rewritten under the lock (an fsync under it, but only in this race) so no other
+            // writer of these files can interleave.
+            Some(s) if !Arc::ptr_eq(&s.file, &seal.file) => s.write_indexes(&self.dir)?,
+            Some(_) => {}
         }
         Ok(())
     }
@@ -521,7 +673,9 @@ impl PartitionLog {
                     .next_back()
                     .map_or(ls, |(b, _)| *b);
                 for seg in inner.segments.range(first..).map(|(_, s)| s) {
-                    if seg.next_offset <= offset {
+                    // Segments emptied by compaction hold no bytes: skip them without counting,
+                    // or a run of them would end the read with nothing below the high watermark.
+                    if seg.next_offset <= offset || seg.is_empty() {
                         continue;
                     }
                     let start = if plan.is_empty() {
@@ -530,6 +684,8 @@ impl PartitionLog {
                         0
                     };
                     plan.push((Arc::clone(&seg.file), start, seg.size));
+                    // Only the first planned segment can hold nothing at or after `offset` (a
+                    // compaction gap at its end); the second non-empty one always has data.
                     if plan.len() >= MAX_READ_SEGMENTS {
                         break;
                     }
@@ -688,28 +844,47 @@ impl PartitionLog {
         Some((max.timestamp, offset))
     }
 
-    /// fsyncs the active segment and records the recovery point.
+    /// fsyncs what was appended since the last fsync (completing pending segment rolls) and
+    /// records the recovery point. A no-op when nothing was appended since the last flush. The
+    /// fsyncs run on cloned file handles outside the partition lock.
     pub fn flush(&self) -> Result<(), LogError> {
-        let mut inner = self.inner.lock();
-        inner.active().file.sync_data()?;
-        inner.unflushed_bytes = 0;
-        let end = inner.log_end();
-        write_recovery_point(&self.dir, end)?;
-        Ok(())
+        let _flushing = self.flush_lock.lock();
+        self.sync_pending(true, true)
     }
 
     /// Time/size retention over sealed segments, plus time-based rolling of the active one.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, LogError> {
+        let (report, rolled) = self.enforce_retention_locked(now_ms)?;
+        if report.segments_deleted > 0 || rolled {
+            let _flushing = self.flush_lock.lock();
+            if rolled {
+                self.sync_pending(false, true)?;
+            }
+            if report.segments_deleted > 0 {
+                segment::sync_dir(&self.dir)?;
+            }
+        }
+        Ok(report)
+    }
+
+    fn enforce_retention_locked(&self, now_ms: i64) -> Result<(RetentionReport, bool), LogError> {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         let config = inner.config.clone();
         let mut report = RetentionReport::default();
-        if segment_expired(inner.active(), now_ms, &config) && !inner.active().is_empty() {
+        let expired = inner
+            .producers
+            .expire(now_ms, config.producer_id_expiration_ms);
+        if expired > 0 {
+            tracing::info!(expired, "expired idempotent producer state");
+        }
+        let rolled = segment_expired(inner.active(), now_ms, &config) && !inner.active().is_empty();
+        if rolled {
             inner.mark_dirty(&self.dir);
             self.roll(inner)?;
         }
         if !config.cleanup_policy.deletes() {
-            return Ok(report);
+            return Ok((report, rolled));
         }
         loop {
             if inner.segments.len() <= 1 {
@@ -746,14 +921,15 @@ impl PartitionLog {
                 "deleted log segment by retention"
             );
         }
-        if report.segments_deleted > 0 {
-            segment::sync_dir(&self.dir)?;
-        }
-        Ok(report)
+        Ok((report, rolled))
     }
 
     /// Writes indexes and the clean-shutdown marker so the next open skips the CRC scan.
     pub fn close(&self) -> Result<(), LogError> {
+        let _flushing = self.flush_lock.lock();
+        self.sync_pending(true, true)?;
+        // The rest stays under the lock so no append can slip in between the final fsync and
+        // the marker that tells the next open the log is consistent; it runs once, at shutdown.
         let mut inner = self.inner.lock();
         let active = inner.active();
         active.file.sync_data()?;
@@ -762,6 +938,8 @@ impl PartitionLog {
         write_recovery_point(&self.dir, end)?;
         segment::write_synced(&self.dir.join(CLEAN_SHUTDOWN_FILE), b"")?;
         segment::sync_dir(&self.dir)?;
+        inner.recovery_point = end;
+        inner.flushed_end = end;
         inner.clean_marker = true;
         Ok(())
     }
@@ -785,16 +963,19 @@ fn segment_expired(seg: &Segment, now_ms: i64, config: &LogConfig) -> bool {
     }
 }
 
-/// Compacted topics need a key on every record, like Kafka's LogValidator.
-fn validate_keys(records: &[u8], batches: &[PayloadBatch]) -> Result<(), LogError> {
-    for b in batches.iter().filter(|b| !b.header.is_control()) {
-        let bytes = Bytes::copy_from_slice(&records[b.start..b.end()]);
-        let set = decode_batch(&bytes)?;
-        if set.records.iter().any(|r| r.key.is_none()) {
-            return Err(LogError::InvalidRecord(
-                "compacted topic cannot accept a record without key".into(),
-            ));
+/// Whether the flush policy asks for an fsync after an append of `bytes` (decided under the
+/// lock; the fsync itself happens after it is released).
+fn flush_due(inner: &mut Inner, bytes: u64, now_ms: i64, config: &LogConfig) -> bool {
+    match config.flush {
+        FlushPolicy::Never => false,
+        FlushPolicy::EveryBatch => true,
+        FlushPolicy::Bytes(n) => {
+            inner.unflushed_bytes += bytes;
+            inner.unflushed_bytes >= n
+        }
+        FlushPolicy::Interval(d) => {
+            let last = *inner.last_flush_ms.get_or_insert(now_ms);
+            now_ms.saturating_sub(last) >= i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
         }
     }
-    Ok(())
 }

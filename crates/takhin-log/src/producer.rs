@@ -24,6 +24,9 @@ pub struct CachedBatch {
 pub struct ProducerEntry {
     pub epoch: i16,
     pub batches: VecDeque<CachedBatch>,
+    /// `now_ms` of the last append (the batch's max timestamp when replayed on open); entries
+    /// older than `producer_id_expiration_ms` are dropped.
+    pub last_timestamp: i64,
 }
 
 /// Outcome of a sequence check.
@@ -135,12 +138,23 @@ impl ProducerStateMap {
             .or_insert_with(|| ProducerEntry {
                 epoch: h.producer_epoch,
                 batches: VecDeque::new(),
+                last_timestamp: h.max_timestamp,
             });
         // Replay in log order; an older epoch cannot legitimately follow a newer one, skip it.
         if h.producer_epoch < entry.epoch {
             return;
         }
+        entry.last_timestamp = entry.last_timestamp.max(h.max_timestamp);
         record(entry, h, h.base_offset, h.last_offset());
+    }
+
+    /// Drops producers whose last append is more than `expiration_ms` before `now_ms`
+    /// (Kafka's `producer.id.expiration.ms`). Returns how many were dropped.
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: u64) -> usize {
+        let horizon = now_ms.saturating_sub(i64::try_from(expiration_ms).unwrap_or(i64::MAX));
+        let before = self.map.len();
+        self.map.retain(|_, e| e.last_timestamp >= horizon);
+        before - self.map.len()
     }
 }
 

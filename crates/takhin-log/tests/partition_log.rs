@@ -813,3 +813,189 @@ fn flush_policies_do_not_change_contents() {
         }
     }
 }
+
+/// Many small segments of the same few keys: compaction empties every sealed segment, and a
+/// fetch from the log start must still return data (not loop forever on an empty result).
+#[test]
+fn compaction_emptying_segments_keeps_reads_from_start_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), compact_config());
+    for i in 0..400 {
+        let v = format!("v{i}");
+        let k = ["a", "b", "c"][i % 3];
+        log.append(&kv_batch(&[(k, Some(v.as_str()))], 1000), 0)
+            .unwrap();
+    }
+    let end = log.log_end_offset();
+    let segs_before = log.segment_count();
+    assert!(segs_before > 12, "{segs_before} segments");
+    let report = log.compact(5000).unwrap();
+    assert!(report.records_removed > 0);
+    assert!(log.segment_count() < segs_before);
+    let check = |log: &PartitionLog| {
+        assert_eq!(log.log_start_offset(), 0);
+        assert_eq!(log.log_end_offset(), end);
+        let res = log.read(0, 1 << 20, false).unwrap();
+        assert!(res.high_watermark > 0);
+        let recs = decode(&res.records);
+        assert!(!recs.is_empty(), "read from the log start returned nothing");
+        // Consuming from the start reaches the latest value of every key.
+        let mut o = 0;
+        let mut last = std::collections::BTreeMap::new();
+        while o < log.log_end_offset() {
+            let recs = decode(&log.read(o, 1 << 20, true).unwrap().records);
+            assert!(!recs.is_empty(), "empty read at {o}");
+            for r in &recs {
+                last.insert(r.key.clone().unwrap(), value_str(r));
+            }
+            o = recs.last().unwrap().offset + 1;
+        }
+        assert_eq!(last.len(), 3);
+        assert_eq!(last[&Bytes::from_static(b"a")], "v399");
+        // Offsets inside a removed range read on to the next surviving batch.
+        let mid = decode(&log.read(end / 2, 1, true).unwrap().records);
+        assert!(mid[0].offset >= end / 2);
+    };
+    check(&log);
+    drop(log);
+    let log = open(dir.path(), compact_config());
+    check(&log);
+    let info = log
+        .append(&kv_batch(&[("a", Some("new"))], 1000), 0)
+        .unwrap();
+    assert_eq!(info.base_offset, end);
+}
+
+#[test]
+fn producer_state_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        producer_id_expiration_ms: 1000,
+        ..LogConfig::default()
+    };
+    assert_eq!(LogConfig::default().producer_id_expiration_ms, 86_400_000);
+    let log = open(dir.path(), cfg);
+    log.append(&idem_batch(7, 3, 0, 2), 10_000).unwrap();
+    log.append(&idem_batch(8, 1, 0, 2), 10_500).unwrap();
+    log.enforce_retention(11_000).unwrap();
+    assert_eq!(log.producer_epoch(7), Some(3));
+    log.enforce_retention(11_200).unwrap();
+    assert_eq!(log.producer_epoch(7), None);
+    assert_eq!(log.producer_epoch(8), Some(1));
+    // An expired producer is unknown again: any sequence is accepted.
+    log.append(&idem_batch(7, 3, 42, 1), 11_300).unwrap();
+    assert_eq!(log.producer_epoch(7), Some(3));
+}
+
+/// Corruption in a sealed segment below the recovery point costs only that segment's tail.
+#[test]
+fn recovery_keeps_later_segments_after_old_sealed_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_config());
+    let model = fill(&log, 80);
+    log.flush().unwrap();
+    let end = log.log_end_offset();
+    drop(log);
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 4, "{} segments", files.len());
+    let victim = &files[1];
+    let base: i64 = victim
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let next: i64 = files[2]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = OpenOptions::new().write(true).open(victim).unwrap();
+        // Bad magic in the first batch: the whole segment's data is lost.
+        f.write_all_at(&[7], 16).unwrap();
+    }
+    let log = open(dir.path(), small_config());
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(log.segment_count(), files.len());
+    for o in (0..base).chain(next..end) {
+        assert_eq!(
+            value_at(&log, o).as_deref(),
+            Some(model[o as usize].as_str()),
+            "offset {o}"
+        );
+    }
+    // Reads in the lost range move on to the next segment.
+    let recs = decode(&log.read(base, 1, true).unwrap().records);
+    assert_eq!(recs[0].offset, next);
+    log.append(&batch(&["after"], 1, Compression::None), 0)
+        .unwrap();
+    assert_eq!(value_at(&log, end).as_deref(), Some("after"));
+}
+
+#[test]
+fn open_creates_nested_partition_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("topic-0");
+    let log = open(&path, LogConfig::default());
+    log.append(&batch(&["x"], 1, Compression::None), 0).unwrap();
+    assert!(path.is_dir());
+}
+
+#[test]
+fn flush_is_a_no_op_when_nothing_was_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_config());
+    fill(&log, 10);
+    log.flush().unwrap();
+    let rp = dir.path().join("recovery_point");
+    assert_eq!(
+        std::fs::read_to_string(&rp).unwrap(),
+        log.log_end_offset().to_string()
+    );
+    std::fs::remove_file(&rp).unwrap();
+    log.flush().unwrap();
+    assert!(
+        !rp.exists(),
+        "flush without appends rewrote the recovery point"
+    );
+    fill(&log, 1);
+    log.flush().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&rp).unwrap(),
+        log.log_end_offset().to_string()
+    );
+}
+
+/// Durability work after a successful write (here: the recovery point write of a roll) failing
+/// does not fail the append: the records are in the log; the next flush retries.
+#[test]
+fn append_succeeds_when_durability_work_after_the_write_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        flush: takhin_log::FlushPolicy::EveryBatch,
+        ..small_config()
+    };
+    let log = open(dir.path(), cfg);
+    // write_synced writes `recovery_point.tmp` first: a directory there makes it fail.
+    std::fs::create_dir(dir.path().join("recovery_point.tmp")).unwrap();
+    let model = fill(&log, 40);
+    assert!(log.segment_count() > 2);
+    for (o, v) in model.iter().enumerate() {
+        assert_eq!(value_at(&log, o as i64).as_deref(), Some(v.as_str()));
+    }
+    assert!(log.flush().is_err());
+    std::fs::remove_dir(dir.path().join("recovery_point.tmp")).unwrap();
+    log.flush().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("recovery_point")).unwrap(),
+        log.log_end_offset().to_string()
+    );
+    drop(log);
+    let log = open(dir.path(), small_config());
+    assert_eq!(log.log_end_offset(), model.len() as i64);
+}
