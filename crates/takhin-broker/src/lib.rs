@@ -111,7 +111,12 @@ impl Broker {
         let defaults = LogConfig {
             segment_bytes: config.log_segment_bytes,
             retention_ms: config.log_retention_ms,
-            flush: config.flush.policy(),
+            // Interval flushes are the background flusher's job (background.rs),
+            // so a produce never waits for an fsync it did not ask for.
+            flush: match config.flush.policy() {
+                takhin_log::FlushPolicy::Interval(_) => takhin_log::FlushPolicy::Never,
+                policy => policy,
+            },
             ..LogConfig::default()
         };
         let topics = TopicRegistry::open(&data_dir, defaults)?;

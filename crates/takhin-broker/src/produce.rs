@@ -68,8 +68,12 @@ impl Broker {
                         Some("produce request without records".to_owned()),
                     )),
                     (None, Some(log), Some(records)) => {
-                        let append = if matches!(log.config().flush, FlushPolicy::EveryBatch) {
-                            // An fsync per batch would stall this runtime thread.
+                        let may_fsync = matches!(
+                            log.config().flush,
+                            FlushPolicy::EveryBatch | FlushPolicy::Bytes(_)
+                        );
+                        let append = if may_fsync {
+                            // An fsync would stall this runtime thread.
                             tokio::task::spawn_blocking(move || log.append(&records, now))
                                 .await
                                 .unwrap_or_else(|join| {
