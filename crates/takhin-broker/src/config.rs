@@ -24,6 +24,10 @@ pub enum FlushPolicyKind {
 }
 
 impl FlushSetting {
+    pub fn is_every_batch(&self) -> bool {
+        self.0 == FlushPolicyKind::EveryBatch
+    }
+
     pub fn policy(&self) -> FlushPolicy {
         match self.0 {
             FlushPolicyKind::EveryBatch => FlushPolicy::EveryBatch,

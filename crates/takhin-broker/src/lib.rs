@@ -113,8 +113,12 @@ impl Broker {
             retention_ms: config.log_retention_ms,
             // Interval flushes are the background flusher's job (background.rs),
             // so a produce never waits for an fsync it did not ask for.
+            // every-batch fsyncs are the produce handler's (group commit, see
+            // produce.rs), so the log itself never fsyncs on append.
             flush: match config.flush.policy() {
-                takhin_log::FlushPolicy::Interval(_) => takhin_log::FlushPolicy::Never,
+                takhin_log::FlushPolicy::Interval(_) | takhin_log::FlushPolicy::EveryBatch => {
+                    takhin_log::FlushPolicy::Never
+                }
                 policy => policy,
             },
             ..LogConfig::default()
@@ -183,6 +187,7 @@ impl Broker {
             RequestKind::Produce(request) => {
                 return self
                     .produce(request, version)
+                    .finish()
                     .await
                     .map(ResponseKind::Produce)
             }

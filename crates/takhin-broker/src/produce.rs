@@ -7,7 +7,9 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
 };
 use kafka_protocol::ResponseError;
-use takhin_log::{FlushPolicy, LogError};
+use std::sync::Arc;
+
+use takhin_log::{LogError, PartitionLog};
 
 use crate::metrics as m;
 use crate::{now_ms, str_bytes, Broker};
@@ -25,12 +27,54 @@ pub(crate) fn log_error_code(error: &LogError) -> ResponseError {
     }
 }
 
+/// A produce whose records are appended but whose response may still wait for
+/// an fsync (`--flush every-batch`). The connection keeps reading requests while
+/// it waits, so concurrent producers share fsyncs (group commit); responses are
+/// still written in request order.
+pub(crate) struct PendingProduce {
+    response: Option<ProduceResponse>,
+    /// Logs to make durable through an end offset, with where the result goes:
+    /// (topic index, partition index) in `response`.
+    syncs: Vec<(Arc<PartitionLog>, i64, usize, usize)>,
+}
+
+impl PendingProduce {
+    /// Waits for durability where the policy asks for it, then yields the
+    /// response (`None` for acks=0).
+    pub(crate) async fn finish(self) -> Option<ProduceResponse> {
+        let PendingProduce {
+            mut response,
+            syncs,
+        } = self;
+        for (log, end_offset, topic_idx, partition_idx) in syncs {
+            // Usually an fsync for an earlier request already covered these
+            // records; skip the trip to the blocking pool then.
+            if log.durable_end_offset() >= end_offset {
+                continue;
+            }
+            let synced = tokio::task::spawn_blocking(move || log.sync_through(end_offset))
+                .await
+                .unwrap_or_else(|join| Err(LogError::Io(std::io::Error::other(join.to_string()))));
+            if let Err(error) = synced {
+                tracing::error!(%error, "fsync after append failed");
+                if let Some(partition) = response.as_mut().and_then(|r| {
+                    r.responses
+                        .get_mut(topic_idx)
+                        .and_then(|t| t.partition_responses.get_mut(partition_idx))
+                }) {
+                    partition.error_code = ResponseError::KafkaStorageError.code();
+                    partition.error_message = Some(str_bytes(&error.to_string()));
+                }
+            }
+        }
+        response
+    }
+}
+
 impl Broker {
-    pub(crate) async fn produce(
-        &self,
-        request: ProduceRequest,
-        _version: i16,
-    ) -> Option<ProduceResponse> {
+    /// Validates and appends every partition's records now, in request order,
+    /// and returns what is left: waiting for fsyncs and answering.
+    pub(crate) fn produce(&self, request: ProduceRequest, _version: i16) -> PendingProduce {
         let acks = request.acks;
         let refuse_all = if request.transactional_id.is_some() {
             // Transactions are not implemented yet; say so rather than write
@@ -41,17 +85,20 @@ impl Broker {
         } else {
             None
         };
+        let sync_on_ack = acks != 0 && self.config.flush.is_every_batch();
         let now = now_ms();
         let mut any_appended = false;
+        let mut syncs = Vec::new();
         let mut responses = Vec::with_capacity(request.topic_data.len());
-        for topic_data in request.topic_data {
+        for (topic_idx, topic_data) in request.topic_data.into_iter().enumerate() {
             let name = topic_data.name.0.to_string();
             let topic = match refuse_all {
                 Some(_) => None,
                 None => self.topic_for_produce(&name),
             };
             let mut partition_responses = Vec::with_capacity(topic_data.partition_data.len());
-            for partition_data in topic_data.partition_data {
+            for (partition_idx, partition_data) in topic_data.partition_data.into_iter().enumerate()
+            {
                 let mut response = PartitionProduceResponse::default()
                     .with_index(partition_data.index)
                     .with_base_offset(-1)
@@ -60,33 +107,19 @@ impl Broker {
                 let log = topic
                     .as_ref()
                     .and_then(|t| t.partition(partition_data.index));
-                let outcome = match (refuse_all, log, partition_data.records) {
+                let outcome = match (refuse_all, &log, partition_data.records) {
                     (Some(error), _, _) => Err((error, None)),
                     (None, None, _) => Err((ResponseError::UnknownTopicOrPartition, None)),
                     (None, Some(_), None) => Err((
                         ResponseError::InvalidRecord,
                         Some("produce request without records".to_owned()),
                     )),
-                    (None, Some(log), Some(records)) => {
-                        let may_fsync = matches!(
-                            log.config().flush,
-                            FlushPolicy::EveryBatch | FlushPolicy::Bytes(_)
-                        );
-                        let append = if may_fsync {
-                            // An fsync would stall this runtime thread.
-                            tokio::task::spawn_blocking(move || log.append(&records, now))
-                                .await
-                                .unwrap_or_else(|join| {
-                                    Err(LogError::Io(std::io::Error::other(join.to_string())))
-                                })
-                        } else {
-                            log.append(&records, now)
-                        };
-                        append.map_err(|error| {
-                            tracing::debug!(topic = %name, partition = partition_data.index, %error, "produce refused");
-                            (log_error_code(&error), Some(error.to_string()))
-                        })
-                    }
+                    // Appends go to the page cache; the fsync, when the policy
+                    // wants one per batch, happens in `finish`.
+                    (None, Some(log), Some(records)) => log.append(&records, now).map_err(|error| {
+                        tracing::debug!(topic = %name, partition = partition_data.index, %error, "produce refused");
+                        (log_error_code(&error), Some(error.to_string()))
+                    }),
                 };
                 match outcome {
                     Ok(info) => {
@@ -97,6 +130,11 @@ impl Broker {
                             .with_base_offset(info.base_offset)
                             .with_log_append_time_ms(info.log_append_time_ms)
                             .with_log_start_offset(info.log_start_offset);
+                        if let (true, Some(log)) = (sync_on_ack, log) {
+                            // A duplicate's records were appended earlier and
+                            // may not be durable yet either.
+                            syncs.push((log, info.last_offset + 1, topic_idx, partition_idx));
+                        }
                     }
                     Err((error, message)) => {
                         response = response
@@ -115,10 +153,10 @@ impl Broker {
         if any_appended {
             self.appended.notify_waiters();
         }
-        if acks == 0 {
-            return None;
+        PendingProduce {
+            response: (acks != 0).then(|| ProduceResponse::default().with_responses(responses)),
+            syncs,
         }
-        Some(ProduceResponse::default().with_responses(responses))
     }
 
     /// The topic to produce to, created with defaults when auto-creation is on.

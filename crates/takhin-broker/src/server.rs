@@ -3,16 +3,19 @@
 //! background tasks. Bad frames close only their own connection, with a log line.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, ResponseKind};
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use kafka_protocol::ResponseError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::metrics as m;
@@ -130,15 +133,30 @@ fn api_name(api: ApiKey) -> &'static str {
         .unwrap_or("Unknown")
 }
 
+/// Requests whose responses may be outstanding at once on one connection.
+/// Only produces waiting for an fsync are ever outstanding; everything else is
+/// answered before the next request is read.
+const MAX_IN_FLIGHT: usize = 128;
+
+/// A response on its way: ready, or waiting for an fsync (group commit).
+struct Outgoing {
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    started: Instant,
+    response: Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>,
+}
+
 async fn serve_connection(
-    broker: &Broker,
+    broker: &Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(SOCKET_BUFFER_BYTES, read_half);
-    let mut writer = BufWriter::with_capacity(SOCKET_BUFFER_BYTES, write_half);
+    let (outgoing_tx, outgoing_rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(write_responses(write_half, outgoing_rx, peer));
     let mut shutdown = broker.shutdown_signal();
     let max_request_bytes = broker.config.max_request_bytes;
     loop {
@@ -182,56 +200,85 @@ async fn serve_connection(
         let started = Instant::now();
         let api = request.api_key;
         let correlation_id = request.header.correlation_id;
-        let (response, response_version) = if request.unsupported_version {
-            let response =
-                takhin_wire::api_versions_response(ResponseError::UnsupportedVersion.code());
-            (Some(ResponseKind::ApiVersions(response)), 0)
-        } else {
-            let client = ClientInfo {
-                client_id: request
-                    .header
-                    .client_id
-                    .as_ref()
-                    .map(|id| id.to_string())
-                    .unwrap_or_default(),
-                host: peer.ip().to_string(),
+        let (response, version): (Pin<Box<dyn Future<Output = _> + Send>>, i16) =
+            if request.unsupported_version {
+                let response =
+                    takhin_wire::api_versions_response(ResponseError::UnsupportedVersion.code());
+                (
+                    Box::pin(std::future::ready(Some(ResponseKind::ApiVersions(
+                        response,
+                    )))),
+                    0,
+                )
+            } else if let RequestKind::Produce(produce) = request.body {
+                // Appended now, in order; only the fsync wait is deferred.
+                let pending = broker.produce(produce, request.version);
+                let response = async move { pending.finish().await.map(ResponseKind::Produce) };
+                (Box::pin(response), request.version)
+            } else {
+                let client = ClientInfo {
+                    client_id: request
+                        .header
+                        .client_id
+                        .as_ref()
+                        .map(|id| id.to_string())
+                        .unwrap_or_default(),
+                    host: peer.ip().to_string(),
+                };
+                let response = broker.handle(request.body, request.version, &client).await;
+                (Box::pin(std::future::ready(response)), request.version)
             };
-            (
-                broker.handle(request.body, request.version, &client).await,
-                request.version,
-            )
+        let outgoing = Outgoing {
+            api,
+            version,
+            correlation_id,
+            started,
+            response,
         };
+        if outgoing_tx.send(outgoing).await.is_err() {
+            break; // the writer failed; its error is logged there
+        }
+    }
+    drop(outgoing_tx);
+    match writer.await {
+        Ok(result) => result,
+        Err(join) => Err(std::io::Error::other(join.to_string())),
+    }
+}
+
+/// Writes responses in request order, flushing when no further response is ready.
+async fn write_responses(
+    write_half: tokio::net::tcp::OwnedWriteHalf,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    peer: SocketAddr,
+) -> std::io::Result<()> {
+    let mut writer = BufWriter::with_capacity(SOCKET_BUFFER_BYTES, write_half);
+    while let Some(next) = outgoing.recv().await {
+        let response = next.response.await;
         let error_code = response.as_ref().map_or(0, response_error_code);
-        let name = api_name(api);
+        let name = api_name(next.api);
         metrics::counter!(m::REQUESTS, "api" => name, "error" => error_code.to_string())
             .increment(1);
         metrics::histogram!(m::REQUEST_DURATION, "api" => name)
-            .record(started.elapsed().as_secs_f64());
-        let Some(response) = response else {
-            continue;
-        };
-        let frame =
-            match takhin_wire::encode_response(api, response_version, correlation_id, &response) {
-                Ok(frame) => frame,
-                Err(error) => {
-                    tracing::error!(%peer, %error, "cannot encode response; closing connection");
-                    break;
-                }
-            };
-        writer.write_all(&frame).await?;
-        // Pipelined requests already buffered are answered before one flush.
-        if !whole_frame_buffered(reader.buffer()) {
+            .record(next.started.elapsed().as_secs_f64());
+        if let Some(response) = response {
+            let frame = takhin_wire::encode_response(
+                next.api,
+                next.version,
+                next.correlation_id,
+                &response,
+            )
+            .map_err(|error| {
+                tracing::error!(%peer, %error, "cannot encode response; closing connection");
+                std::io::Error::other(error.to_string())
+            })?;
+            writer.write_all(&frame).await?;
+        }
+        // Responses to pipelined requests that are already queued go out in
+        // one write.
+        if outgoing.is_empty() {
             writer.flush().await?;
         }
     }
-    writer.flush().await?;
-    Ok(())
-}
-
-fn whole_frame_buffered(buffer: &[u8]) -> bool {
-    if buffer.len() < 4 {
-        return false;
-    }
-    let size = i32::from_be_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]);
-    usize::try_from(size).is_ok_and(|size| buffer.len() >= 4 + size)
+    writer.flush().await
 }

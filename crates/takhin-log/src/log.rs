@@ -852,6 +852,26 @@ impl PartitionLog {
         self.sync_pending(true, true)
     }
 
+    /// Makes every record below `end_offset` durable (group commit): callers that
+    /// arrive while another fsync runs wait for it and return without one of their
+    /// own when it already covered their records. Does not rewrite the recovery
+    /// point file; the periodic [`flush`](Self::flush) does.
+    /// Offsets below this are on stable storage (fsynced).
+    pub fn durable_end_offset(&self) -> i64 {
+        self.inner.lock().flushed_end
+    }
+
+    pub fn sync_through(&self, end_offset: i64) -> Result<(), LogError> {
+        if self.inner.lock().flushed_end >= end_offset {
+            return Ok(());
+        }
+        let _flushing = self.flush_lock.lock();
+        if self.inner.lock().flushed_end >= end_offset {
+            return Ok(());
+        }
+        self.sync_pending(true, false)
+    }
+
     /// Time/size retention over sealed segments, plus time-based rolling of the active one.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<RetentionReport, LogError> {
         let (report, rolled) = self.enforce_retention_locked(now_ms)?;

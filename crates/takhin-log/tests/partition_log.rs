@@ -999,3 +999,30 @@ fn append_succeeds_when_durability_work_after_the_write_fails() {
     let log = open(dir.path(), small_config());
     assert_eq!(log.log_end_offset(), model.len() as i64);
 }
+
+#[test]
+fn sync_through_is_shared_by_concurrent_appenders() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::sync::Arc::new(PartitionLog::open(dir.path(), LogConfig::default()).unwrap());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let value = format!("t{t}-{i}");
+                    let info = log
+                        .append(&batch(&[value.as_str()], 1_000, Compression::None), 1)
+                        .unwrap();
+                    log.sync_through(info.last_offset + 1).unwrap();
+                    // Durable through our own records, whoever did the fsync.
+                    assert!(log.durable_end_offset() > info.last_offset);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(log.log_end_offset(), 200);
+    assert_eq!(log.durable_end_offset(), 200);
+}
