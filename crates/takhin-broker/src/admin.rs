@@ -22,7 +22,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::topic_config::{self, TOPIC_CONFIG_KEYS};
+use crate::topic_config;
 use crate::topics::TopicError;
 use crate::{str_bytes, Broker};
 
@@ -35,6 +35,14 @@ const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
 const OP_APPEND: i8 = 2;
 const OP_SUBTRACT: i8 = 3;
+
+fn config_source(described: &topic_config::DescribedConfig) -> i8 {
+    if described.is_override {
+        SOURCE_TOPIC
+    } else {
+        SOURCE_DEFAULT
+    }
+}
 
 fn message(error: &impl std::fmt::Display) -> Option<StrBytes> {
     Some(str_bytes(&error.to_string()))
@@ -101,26 +109,18 @@ impl Broker {
                     if let Some(topic) = topic {
                         result = result.with_topic_id(topic.id);
                         if version >= 5 {
-                            let config = topic.config();
-                            let overrides = topic.overrides();
-                            let configs = TOPIC_CONFIG_KEYS
-                                .iter()
-                                .filter_map(|key| {
-                                    let value = topic_config::describe(&config, key.name)?;
-                                    Some(
+                            let configs =
+                                topic_config::describe_all(&topic.config(), &topic.overrides())
+                                    .into_iter()
+                                    .map(|described| {
                                         CreatableTopicConfigs::default()
-                                            .with_name(StrBytes::from_static_str(key.name))
-                                            .with_value(Some(str_bytes(&value)))
-                                            .with_config_source(
-                                                if overrides.contains_key(key.name) {
-                                                    SOURCE_TOPIC
-                                                } else {
-                                                    SOURCE_DEFAULT
-                                                },
-                                            ),
-                                    )
-                                })
-                                .collect();
+                                            .with_name(StrBytes::from_static_str(
+                                                described.key.name,
+                                            ))
+                                            .with_value(Some(str_bytes(&described.value)))
+                                            .with_config_source(config_source(&described))
+                                    })
+                                    .collect();
                             result = result.with_configs(Some(configs));
                         }
                     }
@@ -242,42 +242,38 @@ impl Broker {
                         .with_error_code(ResponseError::UnknownTopicOrPartition.code())
                         .with_error_message(Some(str_bytes("unknown topic")));
                 };
-                let config = topic.config();
-                let overrides = topic.overrides();
                 let wanted = |name: &str| {
                     resource
                         .configuration_keys
                         .as_ref()
                         .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
                 };
-                let configs = TOPIC_CONFIG_KEYS
-                    .iter()
-                    .filter(|key| wanted(key.name))
-                    .filter_map(|key| {
-                        let value = topic_config::describe(&config, key.name)?;
-                        let source = if overrides.contains_key(key.name) {
-                            SOURCE_TOPIC
-                        } else {
-                            SOURCE_DEFAULT
-                        };
+                let configs = topic_config::describe_all(&topic.config(), &topic.overrides())
+                    .into_iter()
+                    .filter(|described| wanted(described.key.name))
+                    .map(|described| {
+                        let source = config_source(&described);
+                        let name = StrBytes::from_static_str(described.key.name);
+                        let value = Some(str_bytes(&described.value));
                         let mut entry = DescribeConfigsResourceResult::default()
-                            .with_name(StrBytes::from_static_str(key.name))
-                            .with_value(Some(str_bytes(&value)))
+                            .with_name(name.clone())
+                            .with_value(value.clone())
                             .with_config_source(source);
                         if request.include_synonyms {
                             entry = entry.with_synonyms(vec![DescribeConfigsSynonym::default()
-                                .with_name(StrBytes::from_static_str(key.name))
-                                .with_value(Some(str_bytes(&value)))
+                                .with_name(name)
+                                .with_value(value)
                                 .with_source(source)]);
                         }
                         if version >= 3 {
-                            entry = entry.with_config_type(key.config_type as i8);
+                            entry = entry.with_config_type(described.key.config_type as i8);
                             if request.include_documentation {
-                                entry = entry
-                                    .with_documentation(Some(StrBytes::from_static_str(key.doc)));
+                                entry = entry.with_documentation(Some(StrBytes::from_static_str(
+                                    described.key.doc,
+                                )));
                             }
                         }
-                        Some(entry)
+                        entry
                     })
                     .collect();
                 result.with_configs(configs)

@@ -202,6 +202,31 @@ pub fn describe(config: &LogConfig, key: &str) -> Option<String> {
     Some(value)
 }
 
+/// One served config of a topic as clients see it.
+pub struct DescribedConfig {
+    pub key: &'static ConfigKey,
+    pub value: String,
+    /// Set on the topic rather than inherited from the broker defaults.
+    pub is_override: bool,
+}
+
+/// Every served config of a topic with its effective value.
+pub fn describe_all(
+    config: &LogConfig,
+    overrides: &BTreeMap<String, String>,
+) -> Vec<DescribedConfig> {
+    TOPIC_CONFIG_KEYS
+        .iter()
+        .filter_map(|key| {
+            Some(DescribedConfig {
+                key,
+                value: describe(config, key.name)?,
+                is_override: overrides.contains_key(key.name),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
