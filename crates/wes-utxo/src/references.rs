@@ -94,7 +94,7 @@ impl ReferenceTable {
     }
 
     /// Takes the references of a new admission (counts and totals go up).
-    pub(crate) fn admit(&mut self, admission: Admission) {
+    pub fn admit(&mut self, admission: Admission) {
         for outpoint in &admission.referenced {
             *self.totals.entry(*outpoint).or_insert(0) += 1;
         }
@@ -103,7 +103,7 @@ impl ReferenceTable {
 
     /// Puts back an admission released by a block that is being rolled back (counts only:
     /// totals already include it).
-    pub(crate) fn restore(&mut self, admission: Admission) {
+    pub fn restore(&mut self, admission: Admission) {
         for outpoint in &admission.referenced {
             *self.counts.entry(*outpoint).or_insert(0) += 1;
         }
@@ -111,7 +111,7 @@ impl ReferenceTable {
     }
 
     /// Releases an admission's references; returns it if it was held.
-    pub(crate) fn release(&mut self, tx_id: &TxId) -> Option<Admission> {
+    pub fn release(&mut self, tx_id: &TxId) -> Option<Admission> {
         let admission = self.admissions.remove(tx_id)?;
         for outpoint in &admission.referenced {
             if let Some(count) = self.counts.get_mut(outpoint) {
@@ -125,15 +125,20 @@ impl ReferenceTable {
     }
 
     /// Forgets the statistics of an outpoint that left the live set.
-    pub(crate) fn forget(&mut self, outpoint: &OutPointKey) -> u64 {
+    pub fn forget(&mut self, outpoint: &OutPointKey) -> u64 {
         self.totals.remove(outpoint).unwrap_or(0)
     }
 
     /// Sets the statistics of an outpoint that came back to the live set (rollback).
-    pub(crate) fn set_total(&mut self, outpoint: OutPointKey, total: u64) {
+    pub fn set_total(&mut self, outpoint: OutPointKey, total: u64) {
         if total > 0 {
             self.totals.insert(outpoint, total);
         }
+    }
+
+    /// Reference totals of live outpoints (for stores that persist the table).
+    pub fn totals(&self) -> impl Iterator<Item = (&OutPointKey, &u64)> {
+        self.totals.iter()
     }
 
     /// Admissions to release by expiry when a block of `block_height` is applied.

@@ -469,20 +469,7 @@ impl UtxoState {
             .values()
             .map(|utxo| self.materialize(utxo).into_owned())
             .collect();
-        let mut hasher = Sha256::new();
-        hasher.update(b"WES-UTXO/v1/utxo-set");
-        for utxo in &utxos {
-            let encoding = utxo.encode_to_vec();
-            hasher.update((encoding.len() as u64).to_be_bytes());
-            hasher.update(&encoding);
-        }
-        let tip = self.tip;
-        pb::UtxoSet {
-            tip_height: tip.map_or(0, |t| t.height),
-            tip_hash: tip.map_or_else(Vec::new, |t| t.hash.0.to_vec()),
-            utxos,
-            utxo_set_hash: hasher.finalize().to_vec(),
-        }
+        utxo_set_snapshot(self.tip, utxos)
     }
 
     /// Checks that indexes, balances and reference counts agree with the live set.
@@ -511,6 +498,24 @@ impl UtxoState {
             }
         }
         self.references.check_invariants()
+    }
+}
+
+/// The [`pb::UtxoSet`] snapshot of `utxos` (materialized records ordered by outpoint) at
+/// `tip`, with its integrity hash; shared by every store so their snapshots compare equal.
+pub fn utxo_set_snapshot(tip: Option<ChainTip>, utxos: Vec<pb::Utxo>) -> pb::UtxoSet {
+    let mut hasher = Sha256::new();
+    hasher.update(b"WES-UTXO/v1/utxo-set");
+    for utxo in &utxos {
+        let encoding = utxo.encode_to_vec();
+        hasher.update((encoding.len() as u64).to_be_bytes());
+        hasher.update(&encoding);
+    }
+    pb::UtxoSet {
+        tip_height: tip.map_or(0, |t| t.height),
+        tip_hash: tip.map_or_else(Vec::new, |t| t.hash.0.to_vec()),
+        utxos,
+        utxo_set_hash: hasher.finalize().to_vec(),
     }
 }
 

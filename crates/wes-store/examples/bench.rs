@@ -1,0 +1,303 @@
+//! Store benchmark: loads 1,000,000 UTXOs over 100,000 owners through the real apply path,
+//! then measures block application (UTXO operations = inputs consumed + outputs created)
+//! and GetUTXOsByAddress / balance query latency and throughput.
+//!
+//! Loader: the generator's genesis, then fan-out blocks whose transactions each consume one
+//! native output and create 256 (the generator's `next_block` scans every owner per block
+//! and needs an in-memory `UtxoState`, too slow for a million outputs). Transfers: blocks of
+//! 2,000 transactions, each consuming 2 outputs of one owner and creating 2 for another.
+//! Every block is validated (signatures included), appended to the repository with an
+//! fsync, and applied to the coins cache; the cache flushes every 200,000 dirty entries.
+//!
+//! Run: `cargo run --release -p wes-store --example bench`
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use wes_store::{ChainStore, StoreConfig};
+use wes_utxo::gen::{self, ChainGenerator};
+use wes_utxo::locking::build;
+use wes_utxo::model::{self, AssetId, OutPointKey};
+use wes_utxo::{pb, ChainParams};
+
+const N_OWNERS: usize = 100_000;
+const N_UTXOS: usize = 1_000_000;
+const FAN_OUT: usize = 256;
+const TXS_PER_BLOCK: usize = 2_000;
+const N_TRANSFER_BLOCKS: usize = 10;
+const N_QUERIES: usize = 200_000;
+
+struct Timer {
+    validate: Duration,
+    apply: Duration,
+    n_ops: usize,
+}
+
+fn apply(store: &mut ChainStore, block: &pb::Block, timer: &mut Timer) {
+    let started = Instant::now();
+    let effects = store.validate_block(block).unwrap();
+    let validated = Instant::now();
+    timer.n_ops += effects
+        .transactions
+        .iter()
+        .map(|tx| tx.consumed.len() + tx.created.len())
+        .sum::<usize>();
+    store.apply_validated(block, effects).unwrap();
+    timer.validate += validated - started;
+    timer.apply += validated.elapsed();
+}
+
+fn native_amount(utxo: &pb::Utxo) -> u64 {
+    match model::asset_amount(utxo.output().unwrap()).unwrap() {
+        Some((AssetId::Native, amount)) => amount,
+        _ => 0,
+    }
+}
+
+fn outpoint(utxo: &pb::Utxo) -> OutPointKey {
+    OutPointKey::from_proto(utxo.outpoint.as_ref().unwrap()).unwrap()
+}
+
+/// One transaction: consume `spent` (all of one owner), pay `recipients` equal parts.
+fn pay(
+    generator: &ChainGenerator,
+    spent: &[pb::Utxo],
+    recipients: impl Iterator<Item = usize>,
+    n_outputs: usize,
+    height: u64,
+    timestamp: u64,
+) -> pb::Transaction {
+    let total: u64 = spent.iter().map(native_amount).sum();
+    let part = total / n_outputs as u64;
+    let outputs = recipients
+        .take(n_outputs)
+        .enumerate()
+        .map(|(index, owner_index)| {
+            let owner = &generator.owners()[owner_index];
+            let amount = if index == 0 {
+                total - part * (n_outputs as u64 - 1)
+            } else {
+                part
+            };
+            gen::native_output(
+                &owner.address,
+                amount,
+                build::single_key_lock(&owner.public_key),
+            )
+        })
+        .collect();
+    let mut transaction = pb::Transaction {
+        version: 1,
+        inputs: spent
+            .iter()
+            .map(|u| gen::input(&outpoint(u), false))
+            .collect(),
+        outputs,
+        coinbase: None,
+    };
+    generator
+        .sign(&mut transaction, spent, height, timestamp)
+        .unwrap();
+    transaction
+}
+
+fn next_block(store: &ChainStore, transactions: Vec<pb::Transaction>) -> pb::Block {
+    let tip = store.tip().unwrap();
+    let height = tip.height + 1;
+    let mut all = vec![gen::coinbase(height, vec![])];
+    all.extend(transactions);
+    gen::make_block(Some(&tip), tip.timestamp + gen::BLOCK_INTERVAL_SECONDS, all)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn measure(name: &str, n: usize, mut query: impl FnMut(usize) -> usize) {
+    let mut latencies = Vec::with_capacity(n);
+    let mut n_results = 0;
+    let started = Instant::now();
+    for index in 0..n {
+        let one = Instant::now();
+        n_results += query(index);
+        latencies.push(one.elapsed());
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    println!(
+        "{name:24} {n} queries: {:.0} q/s, p50 {:?}, p99 {:?}, max {:?}, {:.1} results/query",
+        n as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies[n - 1],
+        n_results as f64 / n as f64
+    );
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        flush_every_blocks: 1_000,
+        flush_max_dirty: 200_000,
+        sync_repository: true,
+        hot_output_max_bytes: 1_024,
+    };
+    let started = Instant::now();
+    let mut generator = ChainGenerator::new(7, N_OWNERS);
+    println!("derived {N_OWNERS} owner keys in {:?}", started.elapsed());
+    let mut store = ChainStore::open(dir.path(), ChainParams::default(), config.clone()).unwrap();
+    let mut timer = Timer {
+        validate: Duration::ZERO,
+        apply: Duration::ZERO,
+        n_ops: 0,
+    };
+    apply(&mut store, &generator.genesis(), &mut timer);
+
+    // Fan-out 1: every genesis native output -> 256 outputs to the first owners.
+    let mut sources: Vec<pb::Utxo> = Vec::new();
+    for owner in generator.owners().iter().take(60) {
+        sources.extend(
+            store
+                .utxos_by_owner_and_category(&owner.address, pb::UtxoCategory::Asset)
+                .unwrap()
+                .into_iter()
+                .filter(|u| native_amount(u) > 0),
+        );
+    }
+    let tip = store.tip().unwrap();
+    let (height, timestamp) = (tip.height + 1, tip.timestamp + gen::BLOCK_INTERVAL_SECONDS);
+    let transactions = sources
+        .iter()
+        .enumerate()
+        .map(|(index, utxo)| {
+            let first = (index * FAN_OUT) % N_OWNERS;
+            pay(
+                &generator,
+                std::slice::from_ref(utxo),
+                first..,
+                FAN_OUT,
+                height,
+                timestamp,
+            )
+        })
+        .collect();
+    let block = next_block(&store, transactions);
+    apply(&mut store, &block, &mut timer);
+
+    // Fan-out 2: level-1 outputs -> 256 each, owners round robin, until 1M UTXOs.
+    let mut level1: Vec<pb::Utxo> = Vec::new();
+    for owner in generator.owners().iter().take(sources.len() * FAN_OUT) {
+        level1.extend(store.utxos_by_owner(&owner.address).unwrap());
+    }
+    level1.retain(|u| native_amount(u) >= FAN_OUT as u64);
+    let n_fan_txs = N_UTXOS.div_ceil(FAN_OUT);
+    let mut next_owner = 0usize;
+    let load_started = Instant::now();
+    for chunk in level1[..n_fan_txs.min(level1.len())].chunks(TXS_PER_BLOCK / 4) {
+        let tip = store.tip().unwrap();
+        let (height, timestamp) = (tip.height + 1, tip.timestamp + gen::BLOCK_INTERVAL_SECONDS);
+        let transactions = chunk
+            .iter()
+            .map(|utxo| {
+                let first = next_owner;
+                next_owner += FAN_OUT;
+                pay(
+                    &generator,
+                    std::slice::from_ref(utxo),
+                    (first..).map(|i| i % N_OWNERS),
+                    FAN_OUT,
+                    height,
+                    timestamp,
+                )
+            })
+            .collect();
+        let block = next_block(&store, transactions);
+        apply(&mut store, &block, &mut timer);
+    }
+    store.flush().unwrap();
+    let load_elapsed = load_started.elapsed();
+    let n_live = store.utxo_set().unwrap().utxos.len();
+    println!(
+        "loaded: {n_live} live UTXOs over {N_OWNERS} owners, height {}, {} ops in {:?} \
+         (validate {:?}, log+apply+flush {:?}): {:.0} ops/s end to end, {:.0} ops/s store only",
+        store.tip().unwrap().height,
+        timer.n_ops,
+        load_elapsed,
+        timer.validate,
+        timer.apply,
+        timer.n_ops as f64 / (timer.validate + timer.apply).as_secs_f64(),
+        timer.n_ops as f64 / timer.apply.as_secs_f64()
+    );
+
+    // Transfers: 2 inputs of one owner -> 2 outputs to the next owner.
+    let mut timer = Timer {
+        validate: Duration::ZERO,
+        apply: Duration::ZERO,
+        n_ops: 0,
+    };
+    let mut owner_index = 0usize;
+    let mut sign_time = Duration::ZERO;
+    for _ in 0..N_TRANSFER_BLOCKS {
+        let tip = store.tip().unwrap();
+        let (height, timestamp) = (tip.height + 1, tip.timestamp + gen::BLOCK_INTERVAL_SECONDS);
+        let sign_started = Instant::now();
+        let mut transactions = Vec::with_capacity(TXS_PER_BLOCK);
+        while transactions.len() < TXS_PER_BLOCK {
+            let owner = &generator.owners()[owner_index % N_OWNERS];
+            owner_index += 1;
+            let spent: Vec<pb::Utxo> = store
+                .utxos_by_owner(&owner.address)
+                .unwrap()
+                .into_iter()
+                .filter(|u| native_amount(u) >= 2)
+                .take(2)
+                .collect();
+            if spent.len() < 2 {
+                continue;
+            }
+            let recipient = (owner_index + 7) % N_OWNERS;
+            transactions.push(pay(
+                &generator,
+                &spent,
+                std::iter::repeat(recipient),
+                2,
+                height,
+                timestamp,
+            ));
+        }
+        sign_time += sign_started.elapsed();
+        let block = next_block(&store, transactions);
+        apply(&mut store, &block, &mut timer);
+    }
+    let flush_started = Instant::now();
+    store.flush().unwrap();
+    timer.apply += flush_started.elapsed();
+    println!(
+        "transfers: {} blocks x {TXS_PER_BLOCK} txs, {} ops (built+signed in {sign_time:?}); \
+         validate {:?}, log+apply+flush {:?}: {:.0} ops/s end to end, {:.0} ops/s store only",
+        N_TRANSFER_BLOCKS,
+        timer.n_ops,
+        timer.validate,
+        timer.apply,
+        timer.n_ops as f64 / (timer.validate + timer.apply).as_secs_f64(),
+        timer.n_ops as f64 / timer.apply.as_secs_f64()
+    );
+
+    // Queries on the flushed store, random owners.
+    let owners: Vec<_> = (0..N_QUERIES)
+        .map(|i| generator.owners()[(i * 7_919 + 13) % N_OWNERS].address)
+        .collect();
+    measure("utxos_by_owner", N_QUERIES, |i| {
+        store.utxos_by_owner(&owners[i]).unwrap().len()
+    });
+    measure("balances(owner)", N_QUERIES, |i| {
+        store.balances(&owners[i]).unwrap().len()
+    });
+    measure("balance(owner, native)", N_QUERIES, |i| {
+        (store.balance(&owners[i], &AssetId::Native).unwrap() > 0) as usize
+    });
+    measure("compute_account_nonce", N_QUERIES, |i| {
+        store.compute_account_nonce(&owners[i]).unwrap() as usize
+    });
+    let _ = &mut generator;
+}

@@ -1,0 +1,827 @@
+//! The coins cache: an in-memory dirty map over the flushed [`UtxoStore`], in the manner of
+//! Bitcoin Core's `CCoinsViewCache`. Blocks are validated against it (it implements
+//! [`UtxoView`]) and applied to it; [`CoinsCache::flush`] writes every dirty entry, the undo
+//! records of the blocks since the last flush, the reference table and the new tip in ONE
+//! redb transaction, so the flushed state always sits exactly at a block boundary.
+//!
+//! The apply and rollback rules mirror `wes_utxo::UtxoState` step by step (expiry, released
+//! admissions, transactions in order; undo in reverse); the model-based tests apply the same
+//! chains to both and compare every query and the `utxo_set()` hash.
+//!
+//! **Content policy (hot/cold).** ASSET records are always hot: every transfer and balance
+//! reads them. RESOURCE and STATE records whose encoded output is at most
+//! `StoreConfig::hot_output_max_bytes` are hot too; larger ones are cold: the record keeps
+//! `content_strategy = reference_only` plus the (height, transaction index) of the creating
+//! block, and the output is read back from the block repository when a record is handed out
+//! or validated. Large payloads (STATE up to 64 KiB) so stay out of the record table, whose
+//! pages the owner scans read, and are not stored twice.
+//!
+//! Differences from `UtxoState`, by design: the "consumed at height H" detail of a
+//! validation error is not kept (an unknown input reports `Unknown`); admissions taken
+//! after the last flush are lost by a crash (like a mempool).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use prost::Message;
+use wes_utxo::error::AdmissionError;
+use wes_utxo::model::{self, asset_amount, Address, AssetId, BlockHash, OutPointKey, TxId};
+use wes_utxo::pb;
+use wes_utxo::references::{Admission, ReferenceTable};
+use wes_utxo::validate::{self, BlockContext, BlockEffects, ChainTip, UtxoView};
+use wes_utxo::ChainParams;
+
+use crate::codec::{
+    self, category_byte, owner_key, parse_owner_key, AdmissionRecord, ConsumedRecord, MetaRecord,
+    ReferencesRecord, StoredRecord, TipRecord, TotalRecord, UndoRecord, OWNER_KEY_LEN,
+};
+use crate::error::{Result, StoreError};
+use crate::limits::StoreConfig;
+use crate::repository::BlockRepository;
+use crate::store::{FlushBatch, UtxoStore, UtxoWrite};
+
+struct Dirty {
+    owner: Address,
+    category: u8,
+    record: Option<StoredRecord>,
+}
+
+/// A RESOURCE record with its reference information.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResourceInfo {
+    /// The record (reference count and status filled in).
+    pub utxo: pb::Utxo,
+    /// Admissions holding references on it now.
+    pub reference_count: u64,
+    /// Its concurrency limit (0: unlimited).
+    pub max_concurrent_references: u64,
+    /// References ever admitted on it while live.
+    pub total_reference_count: u64,
+    /// Whether it may be consumed now (no reference held).
+    pub consumable: bool,
+}
+
+/// The dirty map over the store (see the module docs).
+pub struct CoinsCache {
+    store: UtxoStore,
+    repository: Arc<BlockRepository>,
+    params: ChainParams,
+    config: StoreConfig,
+    tip: Option<ChainTip>,
+    undo_floor: u64,
+    references: ReferenceTable,
+    references_dirty: bool,
+    utxos: HashMap<OutPointKey, Dirty>,
+    live_by_owner: BTreeSet<[u8; OWNER_KEY_LEN]>,
+    expiry: BTreeMap<(u64, OutPointKey), bool>,
+    balances: BTreeMap<(Address, AssetId), u128>,
+    nonces: HashMap<Address, u64>,
+    pending_undo: VecDeque<UndoRecord>,
+    undo_delete: Vec<u64>,
+    blocks_since_flush: u64,
+    failed: bool,
+    read_error: Mutex<Option<StoreError>>,
+}
+
+fn owner_of(utxo: &pb::Utxo) -> Result<Address> {
+    Ok(Address::from_slice(&utxo.owner_address)?)
+}
+
+fn asset_of(utxo: &pb::Utxo) -> Result<Option<(AssetId, u64)>> {
+    match utxo.output() {
+        Some(output) => Ok(asset_amount(output)?),
+        None if utxo.category == pb::UtxoCategory::Asset as i32 => Err(StoreError::Corrupt(
+            "ASSET record stored without its output".to_string(),
+        )),
+        None => Ok(None),
+    }
+}
+
+fn stored_utxo(record: &StoredRecord) -> Result<&pb::Utxo> {
+    record
+        .utxo
+        .as_ref()
+        .ok_or_else(|| StoreError::Corrupt("stored record without utxo".to_string()))
+}
+
+impl CoinsCache {
+    /// The cache over `store` at its flushed tip (nothing dirty).
+    pub fn load(
+        store: UtxoStore,
+        repository: Arc<BlockRepository>,
+        params: ChainParams,
+        config: StoreConfig,
+    ) -> Result<Self> {
+        let meta = store.meta()?;
+        let tip = meta.tip.as_ref().map(TipRecord::to_tip).transpose()?;
+        let mut references = ReferenceTable::default();
+        let flushed = store.references()?;
+        for admission in &flushed.admissions {
+            references.restore(admission.to_admission()?);
+        }
+        for total in &flushed.totals {
+            references.set_total(codec::outpoint_from(&total.outpoint)?, total.total);
+        }
+        Ok(Self {
+            store,
+            repository,
+            params,
+            config,
+            tip,
+            undo_floor: meta.undo_floor,
+            references,
+            references_dirty: false,
+            utxos: HashMap::new(),
+            live_by_owner: BTreeSet::new(),
+            expiry: BTreeMap::new(),
+            balances: BTreeMap::new(),
+            nonces: HashMap::new(),
+            pending_undo: VecDeque::new(),
+            undo_delete: Vec::new(),
+            blocks_since_flush: 0,
+            failed: false,
+            read_error: Mutex::new(None),
+        })
+    }
+
+    /// The chain parameters.
+    pub fn params(&self) -> &ChainParams {
+        &self.params
+    }
+
+    /// The tip of the cached state.
+    pub fn tip(&self) -> Option<ChainTip> {
+        self.tip
+    }
+
+    /// The reference table.
+    pub fn references(&self) -> &ReferenceTable {
+        &self.references
+    }
+
+    /// Dirty UTXO entries (flush when this reaches `flush_max_dirty`).
+    pub fn n_dirty(&self) -> usize {
+        self.utxos.len()
+    }
+
+    /// Whether the flush thresholds are reached.
+    pub fn should_flush(&self) -> bool {
+        self.blocks_since_flush >= self.config.flush_every_blocks
+            || self.utxos.len() >= self.config.flush_max_dirty
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.failed {
+            return Err(StoreError::Corrupt(
+                "a flush failed; reopen the store to recover from the log".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    // ---- reads ----
+
+    fn raw(&self, outpoint: &OutPointKey) -> Result<Option<(Address, u8, StoredRecord)>> {
+        if let Some(dirty) = self.utxos.get(outpoint) {
+            return Ok(dirty
+                .record
+                .clone()
+                .map(|record| (dirty.owner, dirty.category, record)));
+        }
+        self.store.get(outpoint)
+    }
+
+    /// The full record: a cold record gets its output back from the block repository.
+    fn full(&self, record: &StoredRecord) -> Result<pb::Utxo> {
+        let mut utxo = stored_utxo(record)?.clone();
+        let Some(height) = record.cold_height else {
+            return Ok(utxo);
+        };
+        let outpoint = codec::record_outpoint(&utxo)?;
+        let block = self.repository.block_at(height)?;
+        let transaction = block
+            .transactions
+            .get(record.cold_tx_index as usize)
+            .filter(|transaction| model::tx_id(transaction) == outpoint.tx_id)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "cold record {outpoint} not found at height {height}"
+                ))
+            })?;
+        let output = transaction
+            .outputs
+            .get(outpoint.output_index as usize)
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("cold record {outpoint} has no output")))?;
+        utxo.content_strategy = Some(pb::utxo::ContentStrategy::CachedOutput(output));
+        Ok(utxo)
+    }
+
+    /// Fills in reference count, total and REFERENCED status, as `UtxoState` does.
+    fn materialize(&self, mut utxo: pb::Utxo) -> Result<pb::Utxo> {
+        if utxo.resource_constraints().is_none() {
+            return Ok(utxo);
+        }
+        let outpoint = codec::record_outpoint(&utxo)?;
+        let count = self.references.count(&outpoint);
+        let total = self.references.total(&outpoint);
+        if let Some(pb::utxo::TypeConstraints::ResourceConstraints(constraints)) =
+            &mut utxo.type_constraints
+        {
+            if count == constraints.reference_count && total == constraints.total_reference_count {
+                return Ok(utxo);
+            }
+            constraints.reference_count = count;
+            constraints.total_reference_count = total;
+        }
+        if count > 0 {
+            utxo.status = pb::UtxoLifecycleStatus::Referenced as i32;
+        }
+        Ok(utxo)
+    }
+
+    fn hand_out(&self, record: &StoredRecord) -> Result<pb::Utxo> {
+        self.materialize(self.full(record)?)
+    }
+
+    /// The live record at `outpoint`, as queries see it.
+    pub fn utxo(&self, outpoint: &OutPointKey) -> Result<Option<pb::Utxo>> {
+        match self.raw(outpoint)? {
+            Some((_, _, record)) => Ok(Some(self.hand_out(&record)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<pb::Utxo>> {
+        let mut found: Vec<(u8, OutPointKey, StoredRecord)> = Vec::new();
+        for (outpoint, category, record) in self.store.scan_owner(prefix)? {
+            if !self.utxos.contains_key(&outpoint) {
+                found.push((category, outpoint, record));
+            }
+        }
+        let mut start = [0u8; OWNER_KEY_LEN];
+        start[..prefix.len()].copy_from_slice(prefix);
+        let mut end = [0xffu8; OWNER_KEY_LEN];
+        end[..prefix.len()].copy_from_slice(prefix);
+        let mut merged = false;
+        for key in self.live_by_owner.range(start..=end) {
+            let (_, category, outpoint) = parse_owner_key(key)?;
+            if let Some(record) = self.utxos.get(&outpoint).and_then(|d| d.record.clone()) {
+                found.push((category, outpoint, record));
+                merged = true;
+            }
+        }
+        if merged {
+            found.sort_by_key(|entry| (entry.0, entry.1));
+        }
+        found
+            .iter()
+            .map(|(_, _, record)| self.hand_out(record))
+            .collect()
+    }
+
+    /// Live records of `owner`, ordered by category then outpoint.
+    pub fn utxos_by_owner(&self, owner: &Address) -> Result<Vec<pb::Utxo>> {
+        self.scan(&owner.0)
+    }
+
+    /// Live records of `owner` in `category`, ordered by outpoint.
+    pub fn utxos_by_owner_and_category(
+        &self,
+        owner: &Address,
+        category: pb::UtxoCategory,
+    ) -> Result<Vec<pb::Utxo>> {
+        let mut prefix = [0u8; 21];
+        prefix[..20].copy_from_slice(&owner.0);
+        prefix[20] = category_byte(category as i32)?;
+        self.scan(&prefix)
+    }
+
+    /// RESOURCE records of `owner` with their reference information.
+    pub fn resources_by_owner(&self, owner: &Address) -> Result<Vec<ResourceInfo>> {
+        Ok(self
+            .utxos_by_owner_and_category(owner, pb::UtxoCategory::Resource)?
+            .into_iter()
+            .map(|utxo| {
+                let constraints = utxo.resource_constraints().cloned().unwrap_or_default();
+                ResourceInfo {
+                    reference_count: constraints.reference_count,
+                    max_concurrent_references: constraints.max_concurrent_references,
+                    total_reference_count: constraints.total_reference_count,
+                    consumable: constraints.reference_count == 0,
+                    utxo,
+                }
+            })
+            .collect())
+    }
+
+    /// Balance of `owner` in `asset`.
+    pub fn balance(&self, owner: &Address, asset: &AssetId) -> Result<u128> {
+        match self.balances.get(&(*owner, *asset)) {
+            Some(amount) => Ok(*amount),
+            None => self.store.balance(owner, asset),
+        }
+    }
+
+    /// All nonzero balances of `owner`.
+    pub fn balances(&self, owner: &Address) -> Result<BTreeMap<AssetId, u128>> {
+        let mut balances: BTreeMap<AssetId, u128> =
+            self.store.balances(owner)?.into_iter().collect();
+        for ((_, asset), amount) in self
+            .balances
+            .range((*owner, AssetId::Native)..)
+            .take_while(|((address, _), _)| address == owner)
+        {
+            balances.insert(*asset, *amount);
+        }
+        balances.retain(|_, amount| *amount > 0);
+        Ok(balances)
+    }
+
+    /// ComputeAccountNonce (see `wes_utxo::state`).
+    pub fn compute_account_nonce(&self, owner: &Address) -> Result<u64> {
+        match self.nonces.get(owner) {
+            Some(nonce) => Ok(*nonce),
+            None => self.store.nonce(owner),
+        }
+    }
+
+    /// A snapshot of the live set with the same hash `UtxoState::utxo_set` computes.
+    pub fn utxo_set(&self) -> Result<pb::UtxoSet> {
+        let mut outpoints: Vec<OutPointKey> = self
+            .store
+            .outpoints()?
+            .into_iter()
+            .filter(|outpoint| !self.utxos.contains_key(outpoint))
+            .collect();
+        outpoints.extend(
+            self.utxos
+                .iter()
+                .filter(|(_, dirty)| dirty.record.is_some())
+                .map(|(outpoint, _)| *outpoint),
+        );
+        outpoints.sort();
+        let mut utxos = Vec::with_capacity(outpoints.len());
+        for outpoint in &outpoints {
+            let utxo = self
+                .utxo(outpoint)?
+                .ok_or_else(|| StoreError::Corrupt(format!("{outpoint} vanished")))?;
+            utxos.push(utxo);
+        }
+        Ok(wes_utxo::state::utxo_set_snapshot(self.tip, utxos))
+    }
+
+    // ---- validation ----
+
+    fn take_read_error(&self) -> Option<StoreError> {
+        self.read_error.lock().ok().and_then(|mut slot| slot.take())
+    }
+
+    /// Validates `block` on the tip; nothing changes.
+    pub fn validate(&self, block: &pb::Block) -> Result<BlockEffects> {
+        self.check_usable()?;
+        let _ = self.take_read_error();
+        let result = validate::validate_block(
+            self,
+            &self.references,
+            self.tip.as_ref(),
+            block,
+            &self.params,
+        );
+        // A read fault during validation must not pass for an unknown input.
+        if let Some(error) = self.take_read_error() {
+            return Err(error);
+        }
+        Ok(result?)
+    }
+
+    // ---- writes ----
+
+    fn put(
+        &mut self,
+        outpoint: OutPointKey,
+        owner: Address,
+        category: u8,
+        record: Option<StoredRecord>,
+    ) {
+        let key = owner_key(&owner, category, &outpoint);
+        if record.is_some() {
+            self.live_by_owner.insert(key);
+        } else {
+            self.live_by_owner.remove(&key);
+        }
+        self.utxos.insert(
+            outpoint,
+            Dirty {
+                owner,
+                category,
+                record,
+            },
+        );
+    }
+
+    fn add_balance(
+        &mut self,
+        owner: Address,
+        asset: AssetId,
+        amount: u64,
+        add: bool,
+    ) -> Result<()> {
+        let current = self.balance(&owner, &asset)?;
+        let next = if add {
+            current.checked_add(u128::from(amount))
+        } else {
+            current.checked_sub(u128::from(amount))
+        }
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!("balance of {owner} in {asset} out of range"))
+        })?;
+        self.balances.insert((owner, asset), next);
+        Ok(())
+    }
+
+    fn insert_stored(&mut self, record: StoredRecord) -> Result<()> {
+        let utxo = stored_utxo(&record)?;
+        let outpoint = codec::record_outpoint(utxo)?;
+        let owner = owner_of(utxo)?;
+        let category = category_byte(utxo.category)?;
+        if let Some((asset, amount)) = asset_of(utxo)? {
+            self.add_balance(owner, asset, amount, true)?;
+        }
+        if utxo.status != pb::UtxoLifecycleStatus::Expired as i32 {
+            if let Some(constraints) = utxo
+                .state_constraints()
+                .filter(|c| c.expires_at_timestamp > 0)
+            {
+                self.expiry
+                    .insert((constraints.expires_at_timestamp, outpoint), true);
+            }
+        }
+        debug_assert!(self.raw(&outpoint)?.is_none(), "{outpoint} inserted twice");
+        self.put(outpoint, owner, category, Some(record));
+        Ok(())
+    }
+
+    fn remove_stored(&mut self, outpoint: &OutPointKey) -> Result<Option<StoredRecord>> {
+        let Some((owner, category, record)) = self.raw(outpoint)? else {
+            return Ok(None);
+        };
+        let utxo = stored_utxo(&record)?;
+        if let Some((asset, amount)) = asset_of(utxo)? {
+            self.add_balance(owner, asset, amount, false)?;
+        }
+        if let Some(constraints) = utxo.state_constraints() {
+            self.expiry
+                .insert((constraints.expires_at_timestamp, *outpoint), false);
+        }
+        self.put(*outpoint, owner, category, None);
+        Ok(Some(record))
+    }
+
+    /// The stored form of a new record under the content policy.
+    fn store_form(&self, utxo: pb::Utxo, height: u64, tx_index: usize) -> StoredRecord {
+        let cold = utxo.category != pb::UtxoCategory::Asset as i32
+            && utxo
+                .output()
+                .is_some_and(|output| output.encoded_len() > self.config.hot_output_max_bytes);
+        if !cold {
+            return StoredRecord {
+                utxo: Some(utxo),
+                cold_height: None,
+                cold_tx_index: 0,
+            };
+        }
+        let mut utxo = utxo;
+        utxo.content_strategy = Some(pb::utxo::ContentStrategy::ReferenceOnly(true));
+        StoredRecord {
+            utxo: Some(utxo),
+            cold_height: Some(height),
+            cold_tx_index: tx_index as u32,
+        }
+    }
+
+    fn expiring_before(&self, before: u64) -> Result<Vec<(u64, OutPointKey)>> {
+        let mut entries: BTreeSet<(u64, OutPointKey)> =
+            self.store.expiring_before(before)?.into_iter().collect();
+        for (entry, present) in self
+            .expiry
+            .range(..(before, OutPointKey::new(TxId::default(), 0)))
+        {
+            if *present {
+                entries.insert(*entry);
+            } else {
+                entries.remove(entry);
+            }
+        }
+        Ok(entries.into_iter().collect())
+    }
+
+    /// Applies a validated block (its effects from [`CoinsCache::validate`]).
+    pub fn apply(&mut self, block: &pb::Block, effects: BlockEffects) -> Result<BlockHash> {
+        self.check_usable()?;
+        debug_assert_eq!(block.header.as_ref(), Some(&effects.header));
+        let height = effects.header.height;
+        let timestamp = effects.header.timestamp;
+        let mut undo = UndoRecord {
+            tip_before: self.tip.as_ref().map(TipRecord::from_tip),
+            hash: effects.hash.0.to_vec(),
+            height,
+            ..UndoRecord::default()
+        };
+
+        // 1. STATE expiry at block time.
+        for (expires_at, outpoint) in self.expiring_before(timestamp)? {
+            self.expiry.insert((expires_at, outpoint), false);
+            if let Some((owner, category, mut record)) = self.raw(&outpoint)? {
+                if let Some(utxo) = record.utxo.as_mut() {
+                    utxo.status = pb::UtxoLifecycleStatus::Expired as i32;
+                }
+                self.put(outpoint, owner, category, Some(record));
+                undo.expired.push(outpoint.to_bytes().to_vec());
+            }
+        }
+
+        // 2. Admissions released by expiry, inclusion, conflict.
+        for tx_id in &effects.released_admissions {
+            if let Some(admission) = self.references.release(tx_id) {
+                undo.released
+                    .push(AdmissionRecord::from_admission(&admission));
+                self.references_dirty = true;
+            }
+        }
+
+        // 3. Transactions in order.
+        let mut created_here = HashSet::new();
+        for (tx_index, tx) in effects.transactions.into_iter().enumerate() {
+            for consumed in &tx.consumed {
+                let outpoint = codec::record_outpoint(consumed)?;
+                let Some(record) = self.remove_stored(&outpoint)? else {
+                    continue;
+                };
+                let total = self.references.forget(&outpoint);
+                if total > 0 {
+                    self.references_dirty = true;
+                }
+                if !created_here.remove(&outpoint) {
+                    undo.consumed.push(ConsumedRecord {
+                        record: Some(record),
+                        total,
+                    });
+                }
+            }
+            for owner in tx.consuming_owners {
+                let nonce = self.compute_account_nonce(&owner)?;
+                self.nonces.insert(owner, nonce + 1);
+                undo.nonce_bumps.push(owner.0.to_vec());
+            }
+            for created in tx.created {
+                let outpoint = codec::record_outpoint(&created)?;
+                let record = self.store_form(created, height, tx_index);
+                self.insert_stored(record)?;
+                created_here.insert(outpoint);
+            }
+        }
+        let mut created: Vec<OutPointKey> = created_here.into_iter().collect();
+        created.sort();
+        undo.created = created.iter().map(|o| o.to_bytes().to_vec()).collect();
+
+        self.tip = Some(ChainTip {
+            height,
+            hash: effects.hash,
+            timestamp,
+        });
+        self.pending_undo.push_back(undo);
+        let max_undo_depth = self.params.max_undo_depth as u64;
+        self.undo_floor = self
+            .undo_floor
+            .max((height + 1).saturating_sub(max_undo_depth));
+        while self
+            .pending_undo
+            .front()
+            .is_some_and(|undo| undo.height < self.undo_floor)
+        {
+            self.pending_undo.pop_front();
+        }
+        self.blocks_since_flush += 1;
+        Ok(effects.hash)
+    }
+
+    /// Rolls back the tip block from its undo data (in memory or flushed); returns the
+    /// rolled-back height and hash.
+    pub fn rollback(&mut self) -> Result<(u64, BlockHash)> {
+        self.check_usable()?;
+        let nothing = StoreError::NothingToRollback {
+            max_undo_depth: self.params.max_undo_depth,
+        };
+        let Some(tip) = self.tip else {
+            return Err(nothing);
+        };
+        if tip.height < self.undo_floor || self.params.max_undo_depth == 0 {
+            return Err(nothing);
+        }
+        let undo = if self
+            .pending_undo
+            .back()
+            .is_some_and(|undo| undo.height == tip.height)
+        {
+            self.pending_undo.pop_back().ok_or(nothing)?
+        } else {
+            let undo = self.store.undo(tip.height)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("undo record of height {} missing", tip.height))
+            })?;
+            self.undo_delete.push(tip.height);
+            undo
+        };
+        if undo.hash != tip.hash.0 || undo.height != tip.height {
+            return Err(StoreError::Corrupt(format!(
+                "undo record of height {} is for another block",
+                tip.height
+            )));
+        }
+        let mut created = HashSet::new();
+        for bytes in &undo.created {
+            let outpoint = codec::outpoint_from(bytes)?;
+            self.remove_stored(&outpoint)?;
+            self.references.forget(&outpoint);
+            created.insert(outpoint);
+        }
+        for consumed in undo.consumed {
+            let record = consumed
+                .record
+                .ok_or_else(|| StoreError::Corrupt("undo consumed entry empty".to_string()))?;
+            let outpoint = codec::record_outpoint(stored_utxo(&record)?)?;
+            self.references.set_total(outpoint, consumed.total);
+            self.insert_stored(record)?;
+        }
+        for bytes in &undo.expired {
+            let outpoint = codec::outpoint_from(bytes)?;
+            if let Some((owner, category, mut record)) = self.raw(&outpoint)? {
+                let mut expires_at = None;
+                if let Some(utxo) = record.utxo.as_mut() {
+                    utxo.status = pb::UtxoLifecycleStatus::Available as i32;
+                    expires_at = utxo.state_constraints().map(|c| c.expires_at_timestamp);
+                }
+                if let Some(expires_at) = expires_at {
+                    self.expiry.insert((expires_at, outpoint), true);
+                }
+                self.put(outpoint, owner, category, Some(record));
+            }
+        }
+        for admission in &undo.released {
+            self.references.restore(admission.to_admission()?);
+        }
+        for bytes in &undo.nonce_bumps {
+            let owner = Address::from_slice(bytes)?;
+            let nonce = self.compute_account_nonce(&owner)?;
+            self.nonces.insert(owner, nonce.saturating_sub(1));
+        }
+        let stale: Vec<TxId> = self
+            .references
+            .admissions()
+            .filter(|a| {
+                a.referenced
+                    .iter()
+                    .chain(&a.consumed)
+                    .any(|o| created.contains(o))
+            })
+            .map(|a| a.tx_id)
+            .collect();
+        for tx_id in stale {
+            self.references.release(&tx_id);
+        }
+        self.references_dirty = true;
+        self.tip = undo
+            .tip_before
+            .as_ref()
+            .map(TipRecord::to_tip)
+            .transpose()?;
+        self.blocks_since_flush += 1;
+        Ok((tip.height, tip.hash))
+    }
+
+    /// Admits a referencing transaction (see `UtxoState::admit`).
+    pub fn admit(&mut self, transaction: &pb::Transaction) -> Result<TxId> {
+        self.check_usable()?;
+        let tip = self.tip.ok_or(AdmissionError::NoTip).map_err(state_error)?;
+        let tx_id = model::tx_id(transaction);
+        if self.references.admission(&tx_id).is_some() {
+            return Err(state_error(AdmissionError::AlreadyAdmitted(tx_id)));
+        }
+        if !transaction
+            .inputs
+            .iter()
+            .any(|input| input.is_reference_only)
+        {
+            return Err(state_error(AdmissionError::NoReferenceInputs));
+        }
+        if self.references.len() >= self.params.max_admissions {
+            return Err(state_error(AdmissionError::TooManyAdmissions {
+                limit: self.params.max_admissions,
+            }));
+        }
+        let context = BlockContext {
+            height: tip.height + 1,
+            timestamp: tip.timestamp,
+        };
+        let _ = self.take_read_error();
+        let effects = validate::check_transaction(self, &self.references, transaction, context);
+        if let Some(error) = self.take_read_error() {
+            return Err(error);
+        }
+        let effects =
+            effects.map_err(|error| state_error(AdmissionError::Invalid(Box::new(error))))?;
+        let consumed = effects
+            .consumed
+            .iter()
+            .map(codec::record_outpoint)
+            .collect::<Result<_>>()?;
+        self.references.admit(Admission {
+            tx_id,
+            referenced: effects.referenced,
+            consumed,
+            admitted_at_height: tip.height,
+            release_after_height: tip.height.saturating_add(self.params.admission_ttl_blocks),
+        });
+        self.references_dirty = true;
+        Ok(tx_id)
+    }
+
+    /// Drops an admission; returns whether it was held.
+    pub fn drop_admission(&mut self, tx_id: &TxId) -> bool {
+        let dropped = self.references.release(tx_id).is_some();
+        self.references_dirty |= dropped;
+        dropped
+    }
+
+    /// Writes everything dirty, the pending undo records and the tip in one transaction.
+    pub fn flush(&mut self) -> Result<()> {
+        self.check_usable()?;
+        let mut batch = FlushBatch {
+            meta: MetaRecord {
+                tip: self.tip.as_ref().map(TipRecord::from_tip),
+                undo_floor: self.undo_floor,
+            },
+            ..FlushBatch::default()
+        };
+        batch.utxos = self
+            .utxos
+            .drain()
+            .map(|(outpoint, dirty)| UtxoWrite {
+                outpoint,
+                owner: dirty.owner,
+                category: dirty.category,
+                record: dirty.record,
+            })
+            .collect();
+        self.live_by_owner.clear();
+        batch.expiry = std::mem::take(&mut self.expiry).into_iter().collect();
+        batch.balances = std::mem::take(&mut self.balances).into_iter().collect();
+        batch.nonces = self.nonces.drain().collect();
+        batch.undo_delete = std::mem::take(&mut self.undo_delete);
+        batch.undo_put = self.pending_undo.drain(..).collect();
+        if self.references_dirty {
+            batch.references = Some(ReferencesRecord {
+                admissions: self
+                    .references
+                    .admissions()
+                    .map(AdmissionRecord::from_admission)
+                    .collect(),
+                totals: self
+                    .references
+                    .totals()
+                    .map(|(outpoint, total)| TotalRecord {
+                        outpoint: outpoint.to_bytes().to_vec(),
+                        total: *total,
+                    })
+                    .collect(),
+            });
+        }
+        // On failure the drained entries are gone: the cache refuses further use and the
+        // owner reopens, replaying the log from the last flush.
+        self.failed = true;
+        self.store.write(batch)?;
+        self.failed = false;
+        self.references_dirty = false;
+        self.blocks_since_flush = 0;
+        Ok(())
+    }
+}
+
+fn state_error(error: AdmissionError) -> StoreError {
+    StoreError::State(Box::new(error.into()))
+}
+
+impl UtxoView for CoinsCache {
+    fn get_utxo(&self, outpoint: &OutPointKey) -> Option<Cow<'_, pb::Utxo>> {
+        match self.utxo(outpoint) {
+            Ok(utxo) => utxo.map(Cow::Owned),
+            Err(error) => {
+                if let Ok(mut slot) = self.read_error.lock() {
+                    slot.get_or_insert(error);
+                }
+                None
+            }
+        }
+    }
+}

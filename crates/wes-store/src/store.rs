@@ -1,0 +1,330 @@
+//! The UTXO store on redb: the flushed state, read through a snapshot that is renewed after
+//! every flush, and written only by [`UtxoStore::write`], one atomic transaction per flush.
+//!
+//! Tables (keys big-endian, see [`crate::codec`]):
+//! - `utxos`: owner | category | outpoint -> [`StoredRecord`]. Clustered by owner, so
+//!   "utxos of owner" and "utxos of owner in category" are one range scan each, with no
+//!   second lookup per record (the owner and owner+category indexes are this key order);
+//! - `outpoints`: outpoint -> owner | category, the point-lookup index into `utxos`;
+//! - `balances`: owner | asset -> u128, ASSET records only;
+//! - `nonces`: owner -> account nonce;
+//! - `expiry`: expires_at | outpoint -> (), live STATE records that will expire;
+//! - `undo`: height -> [`UndoRecord`], heights from the undo floor to the flushed tip;
+//! - `meta`: `"tip"` -> [`MetaRecord`] (flushed tip and undo floor), `"references"` ->
+//!   [`ReferencesRecord`] (admissions and reference totals).
+
+use std::path::Path;
+
+use prost::Message;
+use redb::{Database, Durability, ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition};
+use wes_utxo::model::{Address, AssetId, OutPointKey, ADDRESS_LEN};
+
+use crate::codec::{
+    self, balance_key, expiry_key, owner_key, parse_balance_asset, parse_expiry_key,
+    parse_owner_key, MetaRecord, ReferencesRecord, StoredRecord, UndoRecord, OWNER_KEY_LEN,
+};
+use crate::error::{Result, StoreError};
+
+const UTXOS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("utxos");
+const OUTPOINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("outpoints");
+const BALANCES: TableDefinition<&[u8], u128> = TableDefinition::new("balances");
+const NONCES: TableDefinition<&[u8], u64> = TableDefinition::new("nonces");
+const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
+const UNDO: TableDefinition<u64, &[u8]> = TableDefinition::new("undo");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const META_TIP: &str = "tip";
+const META_REFERENCES: &str = "references";
+
+/// One UTXO change of a flush: the record at `outpoint` becomes `record` (None: removed).
+pub struct UtxoWrite {
+    /// Outpoint.
+    pub outpoint: OutPointKey,
+    /// Owner.
+    pub owner: Address,
+    /// Category byte.
+    pub category: u8,
+    /// New stored record, or None to delete.
+    pub record: Option<StoredRecord>,
+}
+
+/// Everything one flush writes, in one transaction.
+#[derive(Default)]
+pub struct FlushBatch {
+    /// UTXO records.
+    pub utxos: Vec<UtxoWrite>,
+    /// Expiry entries: present (true) or removed (false).
+    pub expiry: Vec<((u64, OutPointKey), bool)>,
+    /// Absolute balances (0 deletes).
+    pub balances: Vec<((Address, AssetId), u128)>,
+    /// Absolute nonces (0 deletes).
+    pub nonces: Vec<(Address, u64)>,
+    /// Undo heights to delete (rolled back since the last flush); applied before puts.
+    pub undo_delete: Vec<u64>,
+    /// Undo records to write.
+    pub undo_put: Vec<UndoRecord>,
+    /// The reference table, when it changed.
+    pub references: Option<ReferencesRecord>,
+    /// The new flushed tip and undo floor; undo below the floor is pruned.
+    pub meta: MetaRecord,
+}
+
+struct Snapshot {
+    utxos: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    outpoints: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    balances: ReadOnlyTable<&'static [u8], u128>,
+    nonces: ReadOnlyTable<&'static [u8], u64>,
+    expiry: ReadOnlyTable<&'static [u8], ()>,
+    undo: ReadOnlyTable<u64, &'static [u8]>,
+    meta: ReadOnlyTable<&'static str, &'static [u8]>,
+    _transaction: ReadTransaction,
+}
+
+impl Snapshot {
+    fn open(db: &Database) -> Result<Self> {
+        let transaction = db.begin_read()?;
+        Ok(Self {
+            utxos: transaction.open_table(UTXOS)?,
+            outpoints: transaction.open_table(OUTPOINTS)?,
+            balances: transaction.open_table(BALANCES)?,
+            nonces: transaction.open_table(NONCES)?,
+            expiry: transaction.open_table(EXPIRY)?,
+            undo: transaction.open_table(UNDO)?,
+            meta: transaction.open_table(META)?,
+            _transaction: transaction,
+        })
+    }
+}
+
+/// The redb-backed flushed state (see the module docs).
+pub struct UtxoStore {
+    db: Database,
+    snapshot: Snapshot,
+}
+
+impl UtxoStore {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path)?;
+        let transaction = db.begin_write()?;
+        {
+            transaction.open_table(UTXOS)?;
+            transaction.open_table(OUTPOINTS)?;
+            transaction.open_table(BALANCES)?;
+            transaction.open_table(NONCES)?;
+            transaction.open_table(EXPIRY)?;
+            transaction.open_table(UNDO)?;
+            transaction.open_table(META)?;
+        }
+        transaction.commit()?;
+        let snapshot = Snapshot::open(&db)?;
+        Ok(Self { db, snapshot })
+    }
+
+    /// The flushed tip and undo floor (default when nothing was flushed).
+    pub fn meta(&self) -> Result<MetaRecord> {
+        match self.snapshot.meta.get(META_TIP)? {
+            Some(bytes) => codec::decode(bytes.value()),
+            None => Ok(MetaRecord::default()),
+        }
+    }
+
+    /// The flushed reference table.
+    pub fn references(&self) -> Result<ReferencesRecord> {
+        match self.snapshot.meta.get(META_REFERENCES)? {
+            Some(bytes) => codec::decode(bytes.value()),
+            None => Ok(ReferencesRecord::default()),
+        }
+    }
+
+    /// The stored record at `outpoint`, with its owner and category.
+    pub fn get(&self, outpoint: &OutPointKey) -> Result<Option<(Address, u8, StoredRecord)>> {
+        let Some(owner_category) = self.snapshot.outpoints.get(&outpoint.to_bytes()[..])? else {
+            return Ok(None);
+        };
+        let owner_category = owner_category.value();
+        if owner_category.len() != ADDRESS_LEN + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "outpoint index entry for {outpoint}"
+            )));
+        }
+        let owner = Address::from_slice(&owner_category[..ADDRESS_LEN])?;
+        let category = owner_category[ADDRESS_LEN];
+        let key = owner_key(&owner, category, outpoint);
+        let record = self.snapshot.utxos.get(&key[..])?.ok_or_else(|| {
+            StoreError::Corrupt(format!("outpoint {outpoint} indexed, no record"))
+        })?;
+        Ok(Some((owner, category, codec::decode(record.value())?)))
+    }
+
+    /// Records whose key starts with `prefix` (an owner, or owner | category), in key order.
+    pub fn scan_owner(&self, prefix: &[u8]) -> Result<Vec<(OutPointKey, u8, StoredRecord)>> {
+        let mut start = [0u8; OWNER_KEY_LEN];
+        start[..prefix.len()].copy_from_slice(prefix);
+        let mut end = [0xffu8; OWNER_KEY_LEN];
+        end[..prefix.len()].copy_from_slice(prefix);
+        let mut records = Vec::new();
+        for entry in self.snapshot.utxos.range(&start[..]..=&end[..])? {
+            let (key, value) = entry?;
+            let (_, category, outpoint) = parse_owner_key(key.value())?;
+            records.push((outpoint, category, codec::decode(value.value())?));
+        }
+        Ok(records)
+    }
+
+    /// Every outpoint, in outpoint order (for snapshots).
+    pub fn outpoints(&self) -> Result<Vec<OutPointKey>> {
+        let mut outpoints = Vec::new();
+        for entry in self.snapshot.outpoints.iter()? {
+            let (key, _) = entry?;
+            outpoints.push(codec::outpoint_from(key.value())?);
+        }
+        Ok(outpoints)
+    }
+
+    /// Balance of `owner` in `asset`.
+    pub fn balance(&self, owner: &Address, asset: &AssetId) -> Result<u128> {
+        Ok(self
+            .snapshot
+            .balances
+            .get(&balance_key(owner, asset)[..])?
+            .map_or(0, |amount| amount.value()))
+    }
+
+    /// All balances of `owner`.
+    pub fn balances(&self, owner: &Address) -> Result<Vec<(AssetId, u128)>> {
+        let start = balance_key(owner, &AssetId::Native);
+        let mut end = [0xffu8; codec::BALANCE_KEY_LEN];
+        end[..ADDRESS_LEN].copy_from_slice(&owner.0);
+        let mut balances = Vec::new();
+        for entry in self.snapshot.balances.range(&start[..]..=&end[..])? {
+            let (key, amount) = entry?;
+            balances.push((parse_balance_asset(key.value())?, amount.value()));
+        }
+        Ok(balances)
+    }
+
+    /// Account nonce of `owner`.
+    pub fn nonce(&self, owner: &Address) -> Result<u64> {
+        Ok(self
+            .snapshot
+            .nonces
+            .get(&owner.0[..])?
+            .map_or(0, |nonce| nonce.value()))
+    }
+
+    /// Expiry entries with `expires_at < before`.
+    pub fn expiring_before(&self, before: u64) -> Result<Vec<(u64, OutPointKey)>> {
+        let end = expiry_key(before, &OutPointKey::new(Default::default(), 0));
+        let mut entries = Vec::new();
+        for entry in self.snapshot.expiry.range(..&end[..])? {
+            let (key, _) = entry?;
+            entries.push(parse_expiry_key(key.value())?);
+        }
+        Ok(entries)
+    }
+
+    /// The undo record of the block at `height`.
+    pub fn undo(&self, height: u64) -> Result<Option<UndoRecord>> {
+        match self.snapshot.undo.get(height)? {
+            Some(bytes) => Ok(Some(codec::decode(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a flush in one durable transaction and renews the read snapshot.
+    pub fn write(&mut self, mut batch: FlushBatch) -> Result<()> {
+        let mut transaction = self.db.begin_write()?;
+        transaction.set_durability(Durability::Immediate);
+        {
+            // Sorted writes touch each B-tree page once.
+            batch.utxos.sort_by_key(|write| write.outpoint);
+            let mut outpoints = transaction.open_table(OUTPOINTS)?;
+            for write in &batch.utxos {
+                let key = write.outpoint.to_bytes();
+                match &write.record {
+                    Some(_) => {
+                        let mut value = [0u8; ADDRESS_LEN + 1];
+                        value[..ADDRESS_LEN].copy_from_slice(&write.owner.0);
+                        value[ADDRESS_LEN] = write.category;
+                        outpoints.insert(&key[..], &value[..])?;
+                    }
+                    None => {
+                        outpoints.remove(&key[..])?;
+                    }
+                }
+            }
+            drop(outpoints);
+            batch
+                .utxos
+                .sort_by_key(|write| owner_key(&write.owner, write.category, &write.outpoint));
+            let mut utxos = transaction.open_table(UTXOS)?;
+            for write in &batch.utxos {
+                let key = owner_key(&write.owner, write.category, &write.outpoint);
+                match &write.record {
+                    Some(record) => {
+                        utxos.insert(&key[..], &record.encode_to_vec()[..])?;
+                    }
+                    None => {
+                        utxos.remove(&key[..])?;
+                    }
+                }
+            }
+            drop(utxos);
+            let mut expiry = transaction.open_table(EXPIRY)?;
+            for ((expires_at, outpoint), present) in &batch.expiry {
+                let key = expiry_key(*expires_at, outpoint);
+                if *present {
+                    expiry.insert(&key[..], ())?;
+                } else {
+                    expiry.remove(&key[..])?;
+                }
+            }
+            drop(expiry);
+            let mut balances = transaction.open_table(BALANCES)?;
+            for ((owner, asset), amount) in &batch.balances {
+                let key = balance_key(owner, asset);
+                if *amount == 0 {
+                    balances.remove(&key[..])?;
+                } else {
+                    balances.insert(&key[..], *amount)?;
+                }
+            }
+            drop(balances);
+            let mut nonces = transaction.open_table(NONCES)?;
+            for (owner, nonce) in &batch.nonces {
+                if *nonce == 0 {
+                    nonces.remove(&owner.0[..])?;
+                } else {
+                    nonces.insert(&owner.0[..], *nonce)?;
+                }
+            }
+            drop(nonces);
+            let mut undo = transaction.open_table(UNDO)?;
+            for height in &batch.undo_delete {
+                undo.remove(*height)?;
+            }
+            for record in &batch.undo_put {
+                if record.height >= batch.meta.undo_floor {
+                    undo.insert(record.height, &record.encode_to_vec()[..])?;
+                }
+            }
+            // Keep exactly the window: heights below the floor can never be rolled back.
+            let pruned: Vec<u64> = undo
+                .range(..batch.meta.undo_floor)?
+                .map(|entry| entry.map(|(height, _)| height.value()))
+                .collect::<Result<_, _>>()?;
+            for height in pruned {
+                undo.remove(height)?;
+            }
+            drop(undo);
+            let mut meta = transaction.open_table(META)?;
+            if let Some(references) = &batch.references {
+                meta.insert(META_REFERENCES, &references.encode_to_vec()[..])?;
+            }
+            meta.insert(META_TIP, &batch.meta.encode_to_vec()[..])?;
+        }
+        transaction.commit()?;
+        self.snapshot = Snapshot::open(&self.db)?;
+        Ok(())
+    }
+}
