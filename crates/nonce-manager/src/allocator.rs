@@ -1,0 +1,368 @@
+//! Per-signer nonce allocation while this node holds the signer's lease.
+//!
+//! `allocate` first looks the request id up (a retry gets its stored nonce, no lease
+//! needed); otherwise it queues the request for the signer's batch writer. The writer takes
+//! the first queued request, gathers more for up to [`AllocatorConfig::batch_window`] or
+//! [`AllocatorConfig::batch_max`] requests, and commits them all in ONE fenced transaction
+//! ([`NonceStore::commit_allocations`]) from `max(chain pending nonce, cached next nonce,
+//! stored next nonce)`, then answers each caller. One writer per signer per node, and one
+//! node per signer through the lease, so nonces are gapless and duplicate-free; the
+//! `UNIQUE (signer, nonce)` constraint backs that up.
+//!
+//! The writer stops for good when the lease is reported lost or a commit is fenced: every
+//! queued and later request gets [`AllocateError::LeaseLost`]. A new tenure needs a new
+//! allocator, which starts from a fresh chain read and an empty cache.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::Address;
+use ledger_lease::{FencingToken, LeaseState};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::chain::ChainClient;
+use crate::error::{AllocateError, InvalidArgument};
+use crate::limits;
+use crate::store::{Allocation, NewAllocation, NonceStore};
+use crate::types::{signer_resource, RequestId, TxPayload};
+
+/// How the batch writer batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocatorConfig {
+    /// How long to wait for more requests after the first of a batch.
+    pub batch_window: Duration,
+    /// Most requests per batch (one transaction).
+    pub batch_max: usize,
+    /// Queued requests before `allocate` waits for room.
+    pub queue_max: usize,
+    /// Re-read the chain's pending nonce when the last read is older than this.
+    pub chain_refresh: Duration,
+}
+
+impl Default for AllocatorConfig {
+    fn default() -> Self {
+        Self {
+            batch_window: limits::BATCH_WINDOW,
+            batch_max: limits::BATCH_ALLOCATIONS_MAX,
+            queue_max: limits::ALLOCATION_QUEUE_MAX,
+            chain_refresh: limits::CHAIN_NONCE_REFRESH,
+        }
+    }
+}
+
+impl AllocatorConfig {
+    fn validate(&self) -> Result<(), InvalidArgument> {
+        if self.batch_max == 0 || self.batch_max > limits::BATCH_ALLOCATIONS_MAX {
+            return Err(InvalidArgument(format!(
+                "batch_max must be 1..={}",
+                limits::BATCH_ALLOCATIONS_MAX
+            )));
+        }
+        if self.queue_max < self.batch_max {
+            return Err(InvalidArgument(
+                "queue_max must be at least batch_max".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct Job {
+    request: NewAllocation,
+    reply: oneshot::Sender<Result<Allocation, AllocateError>>,
+}
+
+/// Allocates nonces for one signer on this node. Dropping it stops the batch writer.
+#[derive(Debug)]
+pub struct Allocator {
+    signer: Address,
+    store: Arc<dyn NonceStore>,
+    jobs: mpsc::Sender<Job>,
+    lease: watch::Receiver<LeaseState>,
+    stopped: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Allocator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Allocator {
+    /// Starts the batch writer for `signer`. `lease` is the signer's lease state, e.g.
+    /// `LeaseGuard::subscribe()` for resource [`signer_resource`]`(signer)`.
+    pub fn start(
+        store: Arc<dyn NonceStore>,
+        chain: Arc<dyn ChainClient>,
+        signer: Address,
+        lease: watch::Receiver<LeaseState>,
+        config: AllocatorConfig,
+    ) -> Result<Self, InvalidArgument> {
+        config.validate()?;
+        if let LeaseState::Held(held) = &*lease.borrow() {
+            if held.resource != signer_resource(signer) {
+                return Err(InvalidArgument(format!(
+                    "lease is on {}, not on {}",
+                    held.resource,
+                    signer_resource(signer)
+                )));
+            }
+        }
+        let (jobs, queue) = mpsc::channel(config.queue_max);
+        let stopped = Arc::new(AtomicBool::new(false));
+        let writer = BatchWriter {
+            store: Arc::clone(&store),
+            chain,
+            signer,
+            lease: lease.clone(),
+            config,
+            stopped: Arc::clone(&stopped),
+        };
+        let task = tokio::spawn(writer.run(queue));
+        Ok(Self {
+            signer,
+            store,
+            jobs,
+            lease,
+            stopped,
+            task,
+        })
+    }
+
+    /// The signer.
+    pub fn signer(&self) -> Address {
+        self.signer
+    }
+
+    /// The token fenced writes for this signer carry, while the allocator runs and the lease
+    /// is held.
+    pub fn token(&self) -> Option<FencingToken> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return None;
+        }
+        match &*self.lease.borrow() {
+            LeaseState::Held(lease) => Some(lease.token),
+            LeaseState::Lost(_) => None,
+        }
+    }
+
+    /// True once the writer has stopped (lease lost or fenced).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// The nonce for `request_id`: the stored one for a retry (`existing`), else a fresh one
+    /// committed with the batch it rides in. A request id already used for another signer
+    /// or payload is refused.
+    pub async fn allocate(
+        &self,
+        request_id: RequestId,
+        payload: TxPayload,
+    ) -> Result<Allocation, AllocateError> {
+        if let Some(stored) = self.stored(&request_id, &payload).await? {
+            return Ok(stored);
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            request: NewAllocation {
+                request_id: request_id.clone(),
+                payload: payload.clone(),
+            },
+            reply,
+        };
+        if self.jobs.send(job).await.is_err() {
+            return Err(AllocateError::LeaseLost(self.signer));
+        }
+        let allocation = answer
+            .await
+            .map_err(|_| AllocateError::LeaseLost(self.signer))??;
+        if allocation.existing {
+            // A retry raced its first attempt into a batch: check it asked for the same.
+            if let Some(stored) = self.stored(&request_id, &payload).await? {
+                return Ok(stored);
+            }
+        }
+        if allocation.signer != self.signer {
+            return Err(AllocateError::RequestConflict(request_id));
+        }
+        Ok(allocation)
+    }
+
+    /// The stored allocation of `request_id`, checked against this signer and `payload`.
+    async fn stored(
+        &self,
+        request_id: &RequestId,
+        payload: &TxPayload,
+    ) -> Result<Option<Allocation>, AllocateError> {
+        let stored = self
+            .store
+            .transaction(request_id)
+            .await
+            .map_err(|error| AllocateError::Store(Arc::new(error)))?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        if stored.signer != self.signer || stored.payload != *payload {
+            return Err(AllocateError::RequestConflict(request_id.clone()));
+        }
+        Ok(Some(Allocation {
+            request_id: stored.request_id,
+            signer: stored.signer,
+            nonce: stored.nonce,
+            existing: true,
+        }))
+    }
+}
+
+/// The per-signer task that turns queued requests into fenced batch commits.
+struct BatchWriter {
+    store: Arc<dyn NonceStore>,
+    chain: Arc<dyn ChainClient>,
+    signer: Address,
+    lease: watch::Receiver<LeaseState>,
+    config: AllocatorConfig,
+    stopped: Arc<AtomicBool>,
+}
+
+/// What the writer knows across batches of one tenure.
+struct Tenure {
+    token: FencingToken,
+    /// The next nonce after the last commit.
+    cached_next: Option<u64>,
+    /// The last chain pending nonce read, and when.
+    chain_pending: Option<(u64, Instant)>,
+}
+
+impl BatchWriter {
+    async fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        let mut tenure: Option<Tenure> = None;
+        loop {
+            let first = tokio::select! {
+                job = queue.recv() => match job {
+                    Some(job) => job,
+                    None => return,
+                },
+                changed = self.lease.changed() => {
+                    // Mark the value seen, or `changed` fires again at once.
+                    let lost = changed.is_err()
+                        || matches!(&*self.lease.borrow_and_update(), LeaseState::Lost(_));
+                    if lost {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let batch = self.gather(first, &mut queue).await;
+            let token = match &*self.lease.borrow() {
+                LeaseState::Held(lease) => lease.token,
+                LeaseState::Lost(_) => {
+                    self.refuse(batch);
+                    break;
+                }
+            };
+            let current = match tenure.take() {
+                Some(current) if current.token == token => current,
+                _ => Tenure {
+                    token,
+                    cached_next: None,
+                    chain_pending: None,
+                },
+            };
+            match self.commit(current, batch).await {
+                Some(next) => tenure = Some(next),
+                None => break,
+            }
+        }
+        self.stopped.store(true, Ordering::SeqCst);
+        tracing::warn!(signer = %self.signer, "nonce allocator stopped: lease lost");
+        queue.close();
+        while let Some(job) = queue.recv().await {
+            let _ = job.reply.send(Err(AllocateError::LeaseLost(self.signer)));
+        }
+    }
+
+    /// The first job plus whatever arrives within the batch window, up to `batch_max`.
+    async fn gather(&self, first: Job, queue: &mut mpsc::Receiver<Job>) -> Vec<Job> {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + self.config.batch_window;
+        while batch.len() < self.config.batch_max {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(job)) => batch.push(job),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    fn refuse(&self, batch: Vec<Job>) {
+        for job in batch {
+            let _ = job.reply.send(Err(AllocateError::LeaseLost(self.signer)));
+        }
+    }
+
+    /// Commits one batch; `None` when the tenure is over (fenced).
+    async fn commit(&self, mut tenure: Tenure, batch: Vec<Job>) -> Option<Tenure> {
+        let stale = tenure
+            .chain_pending
+            .is_none_or(|(_, read_at)| read_at.elapsed() >= self.config.chain_refresh);
+        if stale {
+            match self.chain.pending_nonce(self.signer).await {
+                Ok(pending) => tenure.chain_pending = Some((pending, Instant::now())),
+                Err(error) if tenure.chain_pending.is_none() => {
+                    // A tenure must start from the chain: the key may have been used
+                    // elsewhere while nobody held the lease.
+                    tracing::warn!(signer = %self.signer, %error, "chain pending nonce unavailable");
+                    for job in batch {
+                        let _ = job.reply.send(Err(AllocateError::Chain(error.clone())));
+                    }
+                    return Some(tenure);
+                }
+                Err(error) => {
+                    tracing::warn!(signer = %self.signer, %error, "chain pending nonce refresh failed; using the cached one");
+                }
+            }
+        }
+        let chain_pending = tenure.chain_pending.map_or(0, |(pending, _)| pending);
+        let floor = chain_pending.max(tenure.cached_next.unwrap_or(0));
+        let (requests, replies): (Vec<NewAllocation>, Vec<_>) = batch
+            .into_iter()
+            .map(|job| (job.request, job.reply))
+            .unzip();
+        match self
+            .store
+            .commit_allocations(self.signer, tenure.token, floor, &requests)
+            .await
+        {
+            Ok(committed) => {
+                debug_assert_eq!(committed.allocations.len(), replies.len());
+                debug_assert!(committed.next_nonce >= floor);
+                tenure.cached_next = Some(committed.next_nonce);
+                for (allocation, reply) in committed.allocations.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(allocation));
+                }
+                Some(tenure)
+            }
+            Err(error) if error.is_fenced() => {
+                tracing::warn!(signer = %self.signer, %error, "allocation fenced");
+                for reply in replies {
+                    let _ = reply.send(Err(AllocateError::LeaseLost(self.signer)));
+                }
+                None
+            }
+            Err(error) => {
+                tracing::warn!(signer = %self.signer, %error, "allocation batch failed");
+                let error = Arc::new(error);
+                for reply in replies {
+                    let _ = reply.send(Err(AllocateError::Store(Arc::clone(&error))));
+                }
+                // The cache may be ahead of a rolled-back commit; the stored value decides.
+                tenure.cached_next = None;
+                Some(tenure)
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Nonce allocation and transaction submission for EVM signers, safe across nodes.
+//!
+//! Several nodes share one database (one SQLite file embedded, PostgreSQL scale-out). A
+//! node acts for a signer only while it holds the signer's lease (`ledger-lease`, resource
+//! `signer:0x<address>`), and every nonce and status write carries the lease's fencing token
+//! and is refused once the token is stale, so a paused or partitioned node cannot write
+//! after a takeover.
+//!
+//! - [`store`]: the [`store::NonceStore`] trait and its SQLite and PostgreSQL impls;
+//! - [`allocator`]: request-id dedup, `max(chain pending, cache, db)`, the batch writer;
+//! - [`chain`]: the [`chain::ChainClient`] trait and send-error classification;
+//!   [`alloy_chain`]: its JSON-RPC impl;
+//! - [`signer`]: local keys, EIP-1559 signing with the hash known before sending;
+//! - [`submit`]: SubmitTransaction, idempotent per request id.
+//!
+//! **Architecture Invariant:** no nonce leaves the allocator before the transaction that
+//! records it (with its request id) has committed; no transaction is broadcast before its
+//! signed bytes and hash have committed.
+//!
+//! Not here yet: receipts and confirmations across reorgs, resubmission with fee bumps,
+//! reconciliation of `Reconciling` records, the gRPC API, metrics.
+
+pub mod allocator;
+pub mod alloy_chain;
+pub mod chain;
+mod error;
+pub mod limits;
+pub mod signer;
+pub mod store;
+pub mod submit;
+mod types;
+
+pub use error::{AllocateError, InvalidArgument, StoreError, SubmitError};
+pub use types::{signer_resource, ManagedTransaction, RequestId, TxAttempt, TxPayload, TxStatus};

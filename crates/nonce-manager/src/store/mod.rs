@@ -1,0 +1,434 @@
+//! The [`NonceStore`] boundary: signer nonces, managed transactions and their attempts in
+//! SQL, every write fenced by the signer's lease.
+//!
+//! Three tables, the same in both backends:
+//!
+//! - `signer_nonce(signer, next_nonce, fencing_token, updated_at_ms)`: the next nonce the
+//!   store would hand out for a signer (the "db" source of `max(chain, cache, db)`);
+//! - `managed_tx(request_id UNIQUE, signer, nonce, payload, status, fencing_token,
+//!   created_at_ms, updated_at_ms)`, with `UNIQUE (signer, nonce)` so a nonce can never be
+//!   given to two requests, whatever the code above does;
+//! - `tx_attempt(request_id, hash UNIQUE, max_fee, priority_fee, raw, sent_at_ms)`: every
+//!   signed version, stored before it is broadcast.
+//!
+//! Every write runs in one transaction that first calls ledger-lease's `fence` for resource
+//! `signer:<address>` with the caller's token, so a stale token's write is refused with
+//! [`StoreError::Fenced`] and nothing of it lands. The SQL text is shared by both backends
+//! (`$N` placeholders work in sqlx's SQLite driver too) through the `sql_nonce_store!` macro.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::fmt;
+
+use alloy_primitives::{Address, B256};
+use async_trait::async_trait;
+use ledger_lease::{FencingToken, UnixMillis};
+
+use crate::error::StoreError;
+use crate::types::{ManagedTransaction, RequestId, TxAttempt, TxPayload, TxStatus};
+
+/// One request for a nonce, as the batch writer hands it to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAllocation {
+    /// The idempotency key.
+    pub request_id: RequestId,
+    /// What will be signed with the nonce.
+    pub payload: TxPayload,
+}
+
+/// The answer to one [`NewAllocation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    /// The request.
+    pub request_id: RequestId,
+    /// The signer the stored record belongs to; differs from the asked signer only when a
+    /// request id was reused across signers (the caller refuses that).
+    pub signer: Address,
+    /// The nonce: fresh, or the one stored for this request id before.
+    pub nonce: u64,
+    /// True when the request id was already stored (a retry): no nonce was consumed.
+    pub existing: bool,
+}
+
+/// What one fenced allocation transaction committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocationBatch {
+    /// One answer per request, in request order.
+    pub allocations: Vec<Allocation>,
+    /// The signer's next nonce after the batch.
+    pub next_nonce: u64,
+}
+
+/// Nonces and managed transactions in SQL. One implementation per database; all pass the
+/// conformance suite in `tests/store_conformance.rs`.
+#[async_trait]
+pub trait NonceStore: Send + Sync + fmt::Debug {
+    /// For reports: "sqlite", "postgres".
+    fn name(&self) -> &'static str;
+
+    /// The signer's stored next nonce, `None` before its first allocation.
+    async fn next_nonce(&self, signer: Address) -> Result<Option<u64>, StoreError>;
+
+    /// The record of `request_id` with its attempts.
+    async fn transaction(
+        &self,
+        request_id: &RequestId,
+    ) -> Result<Option<ManagedTransaction>, StoreError>;
+
+    /// Every `(request id, nonce)` of `signer`, by nonce.
+    async fn nonces(&self, signer: Address) -> Result<Vec<(RequestId, u64)>, StoreError>;
+
+    /// In ONE fenced transaction: gives each new request id the next nonce from
+    /// `max(floor, stored next nonce)` (gapless, in request order), returns the stored
+    /// nonce for request ids already present (also for a repeat inside `requests`), and
+    /// stores the signer's new next nonce. Records start `Pending`.
+    async fn commit_allocations(
+        &self,
+        signer: Address,
+        token: FencingToken,
+        floor: u64,
+        requests: &[NewAllocation],
+    ) -> Result<AllocationBatch, StoreError>;
+
+    /// Stores a signed attempt of `request_id` (fenced). Idempotent per hash.
+    async fn record_attempt(
+        &self,
+        signer: Address,
+        token: FencingToken,
+        request_id: &RequestId,
+        attempt: &TxAttempt,
+    ) -> Result<(), StoreError>;
+
+    /// Moves `request_id` to `status` (fenced) and returns the status it had. Refuses a
+    /// transition [`TxStatus::can_move_to`] forbids.
+    async fn set_status(
+        &self,
+        signer: Address,
+        token: FencingToken,
+        request_id: &RequestId,
+        status: TxStatus,
+    ) -> Result<TxStatus, StoreError>;
+}
+
+pub(crate) fn to_i64(what: &str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} exceeds i64")))
+}
+
+pub(crate) fn to_u64(what: &str, value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} is negative")))
+}
+
+/// `managed_tx` as read: request_id, signer, nonce, payload, status, token, created, updated.
+pub(crate) type TxRow = (String, String, i64, String, String, i64, i64, i64);
+/// `tx_attempt` as read: hash, max fee, priority fee, raw, sent at.
+pub(crate) type AttemptRow = (String, String, String, Vec<u8>, i64);
+
+pub(crate) fn transaction_from_rows(
+    row: TxRow,
+    attempts: Vec<AttemptRow>,
+) -> Result<ManagedTransaction, StoreError> {
+    let (request_id, signer, nonce, payload, status, token, created_at_ms, updated_at_ms) = row;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("managed_tx {request_id}: {what}"));
+    let signer: Address = signer.parse().map_err(|_| corrupt("bad signer"))?;
+    let payload: TxPayload = serde_json::from_str(&payload).map_err(|_| corrupt("bad payload"))?;
+    let status = TxStatus::parse(&status).ok_or_else(|| corrupt("bad status"))?;
+    let attempts = attempts
+        .into_iter()
+        .map(|(hash, max_fee, priority_fee, raw, sent_at_ms)| {
+            Ok(TxAttempt {
+                hash: hash
+                    .parse::<B256>()
+                    .map_err(|_| corrupt("bad attempt hash"))?,
+                max_fee_per_gas: max_fee.parse().map_err(|_| corrupt("bad max fee"))?,
+                max_priority_fee_per_gas: priority_fee
+                    .parse()
+                    .map_err(|_| corrupt("bad priority fee"))?,
+                raw: raw.into(),
+                sent_at: UnixMillis(sent_at_ms),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(ManagedTransaction {
+        request_id: RequestId::new(request_id.clone()).map_err(|_| corrupt("bad request id"))?,
+        signer,
+        nonce: to_u64("nonce", nonce)?,
+        payload,
+        status,
+        fencing_token: FencingToken::new(token),
+        created_at: UnixMillis(created_at_ms),
+        updated_at: UnixMillis(updated_at_ms),
+        attempts,
+    })
+}
+
+/// Implements [`NonceStore`] for a backend struct with fields `pool` and `clock`, given
+/// `$begin_fenced` (an `async fn(&Self, Address, FencingToken) -> Result<Transaction>`
+/// that has passed the fence) and `$lock_suffix` (`" FOR UPDATE"` where the database needs
+/// an explicit row lock; SQLite's `BEGIN IMMEDIATE` already holds the only write lock).
+macro_rules! sql_nonce_store {
+    ($store:ty, $name:literal, $lock_suffix:literal) => {
+        #[async_trait::async_trait]
+        impl $crate::store::NonceStore for $store {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            async fn next_nonce(
+                &self,
+                signer: alloy_primitives::Address,
+            ) -> Result<Option<u64>, $crate::error::StoreError> {
+                let next: Option<i64> =
+                    sqlx::query_scalar("SELECT next_nonce FROM signer_nonce WHERE signer = $1")
+                        .bind($crate::types::signer_key(signer))
+                        .fetch_optional(&self.pool)
+                        .await?;
+                next.map(|next| $crate::store::to_u64("next_nonce", next))
+                    .transpose()
+            }
+
+            async fn transaction(
+                &self,
+                request_id: &$crate::types::RequestId,
+            ) -> Result<Option<$crate::types::ManagedTransaction>, $crate::error::StoreError> {
+                let row: Option<$crate::store::TxRow> = sqlx::query_as(
+                    "SELECT request_id, signer, nonce, payload, status, fencing_token,
+                            created_at_ms, updated_at_ms
+                     FROM managed_tx WHERE request_id = $1",
+                )
+                .bind(request_id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let attempts: Vec<$crate::store::AttemptRow> = sqlx::query_as(
+                    "SELECT hash, max_fee, priority_fee, raw, sent_at_ms FROM tx_attempt
+                     WHERE request_id = $1 ORDER BY seq",
+                )
+                .bind(request_id.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+                $crate::store::transaction_from_rows(row, attempts).map(Some)
+            }
+
+            async fn nonces(
+                &self,
+                signer: alloy_primitives::Address,
+            ) -> Result<Vec<($crate::types::RequestId, u64)>, $crate::error::StoreError> {
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT request_id, nonce FROM managed_tx WHERE signer = $1 ORDER BY nonce",
+                )
+                .bind($crate::types::signer_key(signer))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map(|(request_id, nonce)| {
+                        let request_id =
+                            $crate::types::RequestId::new(request_id).map_err(|error| {
+                                $crate::error::StoreError::Corrupt(error.to_string())
+                            })?;
+                        Ok((request_id, $crate::store::to_u64("nonce", nonce)?))
+                    })
+                    .collect()
+            }
+
+            async fn commit_allocations(
+                &self,
+                signer: alloy_primitives::Address,
+                token: ledger_lease::FencingToken,
+                floor: u64,
+                requests: &[$crate::store::NewAllocation],
+            ) -> Result<$crate::store::AllocationBatch, $crate::error::StoreError> {
+                use $crate::store::{to_i64, to_u64, Allocation};
+                let key = $crate::types::signer_key(signer);
+                let now = self.clock.now().0;
+                let mut tx = self.begin_fenced(signer, token).await?;
+                sqlx::query(
+                    "INSERT INTO signer_nonce (signer, next_nonce, fencing_token, updated_at_ms)
+                     VALUES ($1, 0, $2, $3) ON CONFLICT (signer) DO NOTHING",
+                )
+                .bind(&key)
+                .bind(token.get())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let stored: i64 = sqlx::query_scalar(concat!(
+                    "SELECT next_nonce FROM signer_nonce WHERE signer = $1",
+                    $lock_suffix
+                ))
+                .bind(&key)
+                .fetch_one(&mut *tx)
+                .await?;
+                let start = to_u64("next_nonce", stored)?.max(floor);
+                let mut next = start;
+                let mut allocations = Vec::with_capacity(requests.len());
+                for request in requests {
+                    let payload = serde_json::to_string(&request.payload)
+                        .map_err(|error| $crate::error::StoreError::Corrupt(error.to_string()))?;
+                    let inserted = sqlx::query(
+                        "INSERT INTO managed_tx (request_id, signer, nonce, payload, status,
+                             fencing_token, created_at_ms, updated_at_ms)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                         ON CONFLICT (request_id) DO NOTHING",
+                    )
+                    .bind(request.request_id.as_str())
+                    .bind(&key)
+                    .bind(to_i64("nonce", next)?)
+                    .bind(payload)
+                    .bind($crate::types::TxStatus::Pending.as_str())
+                    .bind(token.get())
+                    .bind(now)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if inserted == 1 {
+                        allocations.push(Allocation {
+                            request_id: request.request_id.clone(),
+                            signer,
+                            nonce: next,
+                            existing: false,
+                        });
+                        next = next.checked_add(1).ok_or_else(|| {
+                            $crate::error::StoreError::Corrupt(format!("nonce of {key} overflows"))
+                        })?;
+                        continue;
+                    }
+                    let (stored_signer, stored_nonce): (String, i64) = sqlx::query_as(
+                        "SELECT signer, nonce FROM managed_tx WHERE request_id = $1",
+                    )
+                    .bind(request.request_id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let stored_signer = stored_signer.parse().map_err(|_| {
+                        $crate::error::StoreError::Corrupt(format!(
+                            "managed_tx {}: bad signer",
+                            request.request_id
+                        ))
+                    })?;
+                    allocations.push(Allocation {
+                        request_id: request.request_id.clone(),
+                        signer: stored_signer,
+                        nonce: to_u64("nonce", stored_nonce)?,
+                        existing: true,
+                    });
+                }
+                sqlx::query(
+                    "UPDATE signer_nonce SET next_nonce = $1, fencing_token = $2,
+                         updated_at_ms = $3 WHERE signer = $4",
+                )
+                .bind(to_i64("next_nonce", next)?)
+                .bind(token.get())
+                .bind(now)
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                debug_assert!(next >= start && next >= floor);
+                Ok($crate::store::AllocationBatch {
+                    allocations,
+                    next_nonce: next,
+                })
+            }
+
+            async fn record_attempt(
+                &self,
+                signer: alloy_primitives::Address,
+                token: ledger_lease::FencingToken,
+                request_id: &$crate::types::RequestId,
+                attempt: &$crate::types::TxAttempt,
+            ) -> Result<(), $crate::error::StoreError> {
+                let mut tx = self.begin_fenced(signer, token).await?;
+                let owner: Option<String> =
+                    sqlx::query_scalar("SELECT signer FROM managed_tx WHERE request_id = $1")
+                        .bind(request_id.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match owner {
+                    None => return Err($crate::error::StoreError::NotFound(request_id.clone())),
+                    Some(owner) if owner != $crate::types::signer_key(signer) => {
+                        return Err($crate::error::StoreError::Corrupt(format!(
+                            "request {request_id} belongs to {owner}, not {signer:#x}"
+                        )))
+                    }
+                    Some(_) => {}
+                }
+                sqlx::query(
+                    "INSERT INTO tx_attempt (request_id, hash, max_fee, priority_fee, raw,
+                         sent_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (hash) DO NOTHING",
+                )
+                .bind(request_id.as_str())
+                .bind(format!("{:#x}", attempt.hash))
+                .bind(attempt.max_fee_per_gas.to_string())
+                .bind(attempt.max_priority_fee_per_gas.to_string())
+                .bind(attempt.raw.to_vec())
+                .bind(attempt.sent_at.0)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE managed_tx SET fencing_token = $1, updated_at_ms = $2
+                     WHERE request_id = $3",
+                )
+                .bind(token.get())
+                .bind(self.clock.now().0)
+                .bind(request_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn set_status(
+                &self,
+                signer: alloy_primitives::Address,
+                token: ledger_lease::FencingToken,
+                request_id: &$crate::types::RequestId,
+                status: $crate::types::TxStatus,
+            ) -> Result<$crate::types::TxStatus, $crate::error::StoreError> {
+                let mut tx = self.begin_fenced(signer, token).await?;
+                let row: Option<(String, String)> = sqlx::query_as(concat!(
+                    "SELECT signer, status FROM managed_tx WHERE request_id = $1",
+                    $lock_suffix
+                ))
+                .bind(request_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((owner, current)) = row else {
+                    return Err($crate::error::StoreError::NotFound(request_id.clone()));
+                };
+                if owner != $crate::types::signer_key(signer) {
+                    return Err($crate::error::StoreError::Corrupt(format!(
+                        "request {request_id} belongs to {owner}, not {signer:#x}"
+                    )));
+                }
+                let current = $crate::types::TxStatus::parse(&current).ok_or_else(|| {
+                    $crate::error::StoreError::Corrupt(format!(
+                        "managed_tx {request_id}: bad status {current}"
+                    ))
+                })?;
+                if !current.can_move_to(status) {
+                    return Err($crate::error::StoreError::InvalidTransition {
+                        request_id: request_id.clone(),
+                        from: current,
+                        to: status,
+                    });
+                }
+                sqlx::query(
+                    "UPDATE managed_tx SET status = $1, fencing_token = $2, updated_at_ms = $3
+                     WHERE request_id = $4",
+                )
+                .bind(status.as_str())
+                .bind(token.get())
+                .bind(self.clock.now().0)
+                .bind(request_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(current)
+            }
+        }
+    };
+}
+pub(crate) use sql_nonce_store;

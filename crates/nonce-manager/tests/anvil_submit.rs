@@ -1,0 +1,146 @@
+//! End to end against a real anvil (npm @foundry-rs/anvil,
+//! `npm install --prefix tests/evm --ignore-scripts`; skipped when not installed unless
+//! TAKHIN_REQUIRE_ALL_CLIENTS=1): 200 transactions from dev account 0 with duplicated
+//! request ids, submitted concurrently through the lease, the batch allocator and the
+//! SQLite store; all mined, nonces gapless on chain.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy_primitives::{Address, Bytes, U256};
+use ledger_lease::{HolderId, LeaseManager, LeaseManagerConfig, LeaseStore, SystemClock};
+use nonce_manager::allocator::{Allocator, AllocatorConfig};
+use nonce_manager::alloy_chain::AlloyChainClient;
+use nonce_manager::chain::ChainClient;
+use nonce_manager::signer::LocalKey;
+use nonce_manager::store::sqlite::SqliteNonceStore;
+use nonce_manager::store::NonceStore;
+use nonce_manager::submit::{SubmitRequest, Submitter};
+use nonce_manager::{signer_resource, RequestId, TxPayload, TxStatus};
+
+use common::anvil::{Anvil, DEV_KEY_0};
+
+const TRANSACTIONS: u64 = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn submit_200_with_retries_all_mined_gapless() {
+    let Some(anvil) = test_support::skip_unless_required("anvil_submit", Anvil::start(None)) else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(SystemClock);
+    let (store, leases) =
+        SqliteNonceStore::connect(&dir.path().join("nonce.sqlite"), clock.clone())
+            .await
+            .unwrap();
+    let store: Arc<dyn NonceStore> = Arc::new(store);
+    let leases: Arc<dyn LeaseStore> = Arc::new(leases);
+    let chain: Arc<dyn ChainClient> = Arc::new(AlloyChainClient::new(anvil.url()).unwrap());
+    let key = LocalKey::from_hex(DEV_KEY_0).unwrap();
+    let signer = key.address();
+
+    let guard = LeaseManager::acquire(
+        leases,
+        &signer_resource(signer),
+        &HolderId::new("node-a").unwrap(),
+        LeaseManagerConfig::new(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap()
+    .expect("the lease is free");
+    let allocator = Arc::new(
+        Allocator::start(
+            store.clone(),
+            chain.clone(),
+            signer,
+            guard.subscribe(),
+            AllocatorConfig::default(),
+        )
+        .unwrap(),
+    );
+    let submitter = Arc::new(
+        Submitter::new(store.clone(), allocator, chain.clone(), key, clock)
+            .await
+            .unwrap(),
+    );
+
+    let base_fee = chain.base_fee().await.unwrap().unwrap_or(1_000_000_000);
+    let payload = |n: u64| TxPayload {
+        to: Address::repeat_byte(0x70),
+        value: U256::from(n + 1),
+        data: Bytes::new(),
+        gas_limit: 21_000,
+        max_fee_per_gas: base_fee * 4 + 1_000_000_000,
+        max_priority_fee_per_gas: 1_000_000_000,
+    };
+    // Every id once, every 8th id twice more (concurrent retries).
+    let mut calls: Vec<u64> = (0..TRANSACTIONS).collect();
+    calls.extend((0..TRANSACTIONS).filter(|n| n % 8 == 0));
+    calls.extend((0..TRANSACTIONS).filter(|n| n % 8 == 0));
+    let mut tasks = Vec::new();
+    for n in calls {
+        let submitter = submitter.clone();
+        let request = SubmitRequest {
+            request_id: RequestId::new(format!("transfer-{n}")).unwrap(),
+            signer,
+            payload: payload(n),
+        };
+        tasks.push(tokio::spawn(async move {
+            (n, submitter.submit(request).await.unwrap())
+        }));
+    }
+    let mut by_id: BTreeMap<u64, (u64, alloy_primitives::B256)> = BTreeMap::new();
+    for task in tasks {
+        let (n, record) = task.await.unwrap();
+        assert_eq!(
+            record.status,
+            TxStatus::Tracking,
+            "transfer-{n}: {record:?}"
+        );
+        assert_eq!(record.attempts.len(), 1, "transfer-{n}");
+        let seen = (record.nonce, record.attempts[0].hash);
+        if let Some(first) = by_id.insert(n, seen) {
+            assert_eq!(
+                first, seen,
+                "a retry of transfer-{n} got another nonce or hash"
+            );
+        }
+    }
+    let nonces: BTreeSet<u64> = by_id.values().map(|(nonce, _)| *nonce).collect();
+    assert_eq!(nonces, (0..TRANSACTIONS).collect::<BTreeSet<u64>>());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while chain.latest_nonce(signer).await.unwrap() < TRANSACTIONS {
+        assert!(Instant::now() < deadline, "not all mined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(chain.latest_nonce(signer).await.unwrap(), TRANSACTIONS);
+    for (n, (_, hash)) in &by_id {
+        let receipt = chain.receipt(*hash).await.unwrap();
+        assert!(
+            receipt.is_some_and(|receipt| receipt.success),
+            "transfer-{n} not mined"
+        );
+    }
+    // A retry after mining returns the stored record without a new nonce or send.
+    let again = submitter
+        .submit(SubmitRequest {
+            request_id: RequestId::new("transfer-3").unwrap(),
+            signer,
+            payload: payload(3),
+        })
+        .await
+        .unwrap();
+    assert_eq!((again.nonce, again.attempts[0].hash), by_id[&3]);
+    assert_eq!(store.next_nonce(signer).await.unwrap(), Some(TRANSACTIONS));
+    eprintln!(
+        "anvil: {TRANSACTIONS} transactions mined in {:?}",
+        started.elapsed()
+    );
+    guard.release().await.unwrap();
+}

@@ -1,0 +1,263 @@
+//! The `NonceStore` conformance suite, run against SQLite (a temp file) and PostgreSQL
+//! (started by test-support; skipped when not installed unless TAKHIN_REQUIRE_ALL_CLIENTS=1).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::{Address, Bytes, B256};
+use ledger_lease::{HolderId, ManualClock, UnixMillis};
+use nonce_manager::store::NewAllocation;
+use nonce_manager::{signer_resource, RequestId, StoreError, TxAttempt, TxStatus};
+
+use common::{payload, Backend};
+
+backend_cases!(cases;
+    batch_is_gapless_and_dedups,
+    floor_above_stored_jumps,
+    stale_token_writes_are_refused,
+    attempts_and_status,
+);
+
+mod cases {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    fn signer() -> Address {
+        Address::repeat_byte(0x42)
+    }
+
+    fn request(id: &str, seed: u64) -> NewAllocation {
+        NewAllocation {
+            request_id: RequestId::new(id).unwrap(),
+            payload: payload(seed),
+        }
+    }
+
+    fn nonces(batch: &nonce_manager::store::AllocationBatch) -> Vec<(u64, bool)> {
+        batch
+            .allocations
+            .iter()
+            .map(|allocation| (allocation.nonce, allocation.existing))
+            .collect()
+    }
+
+    pub async fn batch_is_gapless_and_dedups(backend: Backend) {
+        let clock = Arc::new(ManualClock::default());
+        let node = backend.node(clock).await;
+        let holder = HolderId::new("node-a").unwrap();
+        let lease = node
+            .leases
+            .try_acquire(&signer_resource(signer()), &holder, TTL)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(node.store.next_nonce(signer()).await.unwrap(), None);
+        let first = node
+            .store
+            .commit_allocations(
+                signer(),
+                lease.token,
+                5,
+                &[request("a", 1), request("b", 2), request("a", 1)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(nonces(&first), [(5, false), (6, false), (5, true)]);
+        assert_eq!(first.next_nonce, 7);
+        let second = node
+            .store
+            .commit_allocations(
+                signer(),
+                lease.token,
+                0,
+                &[request("b", 2), request("c", 3)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(nonces(&second), [(6, true), (7, false)]);
+        assert_eq!(node.store.next_nonce(signer()).await.unwrap(), Some(8));
+        let stored = node
+            .store
+            .transaction(&RequestId::new("c").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.nonce, 7);
+        assert_eq!(stored.status, TxStatus::Pending);
+        assert_eq!(stored.payload, payload(3));
+        assert_eq!(stored.fencing_token, lease.token);
+        let all: Vec<u64> = node
+            .store
+            .nonces(signer())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, nonce)| nonce)
+            .collect();
+        assert_eq!(all, [5, 6, 7]);
+    }
+
+    pub async fn floor_above_stored_jumps(backend: Backend) {
+        let node = backend.node(Arc::new(ManualClock::default())).await;
+        let holder = HolderId::new("node-a").unwrap();
+        let lease = node
+            .leases
+            .try_acquire(&signer_resource(signer()), &holder, TTL)
+            .await
+            .unwrap()
+            .unwrap();
+        let batch = node
+            .store
+            .commit_allocations(signer(), lease.token, 0, &[request("a", 1)])
+            .await
+            .unwrap();
+        assert_eq!(nonces(&batch), [(0, false)]);
+        // The chain moved ahead (the key was used elsewhere): allocation follows it.
+        let batch = node
+            .store
+            .commit_allocations(signer(), lease.token, 20, &[request("b", 2)])
+            .await
+            .unwrap();
+        assert_eq!(nonces(&batch), [(20, false)]);
+        assert_eq!(batch.next_nonce, 21);
+    }
+
+    pub async fn stale_token_writes_are_refused(backend: Backend) {
+        let clock = Arc::new(ManualClock::default());
+        let node_a = backend.node(clock.clone()).await;
+        let node_b = backend.node(clock.clone()).await;
+        let resource = signer_resource(signer());
+        let old = node_a
+            .leases
+            .try_acquire(&resource, &HolderId::new("node-a").unwrap(), TTL)
+            .await
+            .unwrap()
+            .unwrap();
+        node_a
+            .store
+            .commit_allocations(signer(), old.token, 0, &[request("a", 1)])
+            .await
+            .unwrap();
+        clock.advance(TTL + Duration::from_millis(1));
+        let new = node_b
+            .leases
+            .try_acquire(&resource, &HolderId::new("node-b").unwrap(), TTL)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(new.token > old.token);
+
+        let refused = node_a
+            .store
+            .commit_allocations(signer(), old.token, 0, &[request("x", 9)])
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Fenced { .. })),
+            "{refused:?}"
+        );
+        let id = RequestId::new("a").unwrap();
+        let refused = node_a
+            .store
+            .set_status(signer(), old.token, &id, TxStatus::Tracking)
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Fenced { .. })),
+            "{refused:?}"
+        );
+        let refused = node_a
+            .store
+            .record_attempt(signer(), old.token, &id, &attempt(1))
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Fenced { .. })),
+            "{refused:?}"
+        );
+
+        // Nothing of the refused writes landed; the new holder carries on gaplessly.
+        assert!(node_b
+            .store
+            .transaction(&RequestId::new("x").unwrap())
+            .await
+            .unwrap()
+            .is_none());
+        let stored = node_b.store.transaction(&id).await.unwrap().unwrap();
+        assert_eq!(stored.status, TxStatus::Pending);
+        assert!(stored.attempts.is_empty());
+        let batch = node_b
+            .store
+            .commit_allocations(signer(), new.token, 0, &[request("b", 2)])
+            .await
+            .unwrap();
+        assert_eq!(nonces(&batch), [(1, false)]);
+        node_b
+            .store
+            .set_status(signer(), new.token, &id, TxStatus::Tracking)
+            .await
+            .unwrap();
+        let stored = node_b.store.transaction(&id).await.unwrap().unwrap();
+        assert_eq!(stored.fencing_token, new.token);
+    }
+
+    fn attempt(seed: u8) -> TxAttempt {
+        TxAttempt {
+            hash: B256::repeat_byte(seed),
+            max_fee_per_gas: u128::MAX - u128::from(seed),
+            max_priority_fee_per_gas: u128::from(seed),
+            raw: Bytes::from(vec![seed; 3]),
+            sent_at: UnixMillis(1_000 + i64::from(seed)),
+        }
+    }
+
+    pub async fn attempts_and_status(backend: Backend) {
+        let node = backend.node(Arc::new(ManualClock::default())).await;
+        let lease = node
+            .leases
+            .try_acquire(
+                &signer_resource(signer()),
+                &HolderId::new("node-a").unwrap(),
+                TTL,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let id = RequestId::new("a").unwrap();
+        node.store
+            .commit_allocations(signer(), lease.token, 0, &[request("a", 1)])
+            .await
+            .unwrap();
+        for seed in [1, 2, 1] {
+            node.store
+                .record_attempt(signer(), lease.token, &id, &attempt(seed))
+                .await
+                .unwrap();
+        }
+        let stored = node.store.transaction(&id).await.unwrap().unwrap();
+        assert_eq!(stored.attempts, [attempt(1), attempt(2)]);
+
+        let missing = RequestId::new("missing").unwrap();
+        let refused = node
+            .store
+            .record_attempt(signer(), lease.token, &missing, &attempt(3))
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::NotFound(_))),
+            "{refused:?}"
+        );
+
+        let set = |status| node.store.set_status(signer(), lease.token, &id, status);
+        assert_eq!(set(TxStatus::Tracking).await.unwrap(), TxStatus::Pending);
+        assert_eq!(set(TxStatus::Tracking).await.unwrap(), TxStatus::Tracking);
+        let refused = set(TxStatus::Pending).await;
+        assert!(
+            matches!(refused, Err(StoreError::InvalidTransition { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(set(TxStatus::Confirmed).await.unwrap(), TxStatus::Tracking);
+        let stored = node.store.transaction(&id).await.unwrap().unwrap();
+        assert_eq!(stored.status, TxStatus::Confirmed);
+    }
+}
