@@ -299,6 +299,7 @@ impl BatchWriter {
     }
 
     fn refuse(&self, batch: Vec<Job>) {
+        self.stopped.store(true, Ordering::SeqCst);
         for job in batch {
             let _ = job.reply.send(Err(AllocateError::LeaseLost(self.signer)));
         }
@@ -348,6 +349,8 @@ impl BatchWriter {
             }
             Err(error) if error.is_fenced() => {
                 tracing::warn!(signer = %self.signer, %error, "allocation fenced");
+                // Stopped before anyone hears "lease lost", so `is_stopped` agrees with it.
+                self.stopped.store(true, Ordering::SeqCst);
                 for reply in replies {
                     let _ = reply.send(Err(AllocateError::LeaseLost(self.signer)));
                 }

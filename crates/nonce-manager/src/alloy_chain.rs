@@ -5,13 +5,13 @@
 use std::future::Future;
 
 use alloy_eips::BlockNumberOrTag;
-use alloy_network::{Ethereum, ReceiptResponse};
+use alloy_network::{Ethereum, ReceiptResponse, TransactionResponse};
 use alloy_primitives::{Address, B256};
 use alloy_provider::{Provider, RootProvider};
 use alloy_transport::TransportError;
 use async_trait::async_trait;
 
-use crate::chain::{BlockRef, ChainClient, ChainError, ReceiptSummary};
+use crate::chain::{BlockRef, ChainClient, ChainError, ReceiptSummary, TxLookup};
 use crate::error::InvalidArgument;
 use crate::limits;
 
@@ -75,6 +75,21 @@ impl ChainClient for AlloyChainClient {
     async fn send_raw_transaction(&self, raw: &[u8]) -> Result<B256, ChainError> {
         let pending = timed(async { self.provider.send_raw_transaction(raw).await }).await?;
         Ok(*pending.tx_hash())
+    }
+
+    async fn block_number(&self) -> Result<u64, ChainError> {
+        timed(async { self.provider.get_block_number().await }).await
+    }
+
+    async fn transaction_lookup(&self, hash: B256) -> Result<TxLookup, ChainError> {
+        let tx = timed(async { self.provider.get_transaction_by_hash(hash).await }).await?;
+        Ok(match tx {
+            None => TxLookup::Unknown,
+            Some(tx) => match tx.block_number() {
+                Some(number) => TxLookup::Mined(number),
+                None => TxLookup::Pending,
+            },
+        })
     }
 
     async fn receipt(&self, hash: B256) -> Result<Option<ReceiptSummary>, ChainError> {

@@ -92,6 +92,17 @@ pub struct BlockRef {
     pub parent_hash: B256,
 }
 
+/// What a node knows of a transaction hash (`eth_getTransactionByHash`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxLookup {
+    /// Neither in the pool nor mined: never seen, or dropped.
+    Unknown,
+    /// In the node's pool.
+    Pending,
+    /// Mined, at this height.
+    Mined(u64),
+}
+
 /// The chain, as the nonce manager sees it. One implementation over JSON-RPC
 /// ([`crate::alloy_chain::AlloyChainClient`]); tests use fakes.
 #[async_trait]
@@ -111,6 +122,12 @@ pub trait ChainClient: Send + Sync + fmt::Debug {
     /// `eth_sendRawTransaction`; returns the hash the node computed. Send errors come back
     /// classified ([`ChainError::AlreadyKnown`], ...).
     async fn send_raw_transaction(&self, raw: &[u8]) -> Result<B256, ChainError>;
+
+    /// `eth_blockNumber`: the head's height.
+    async fn block_number(&self) -> Result<u64, ChainError>;
+
+    /// `eth_getTransactionByHash`, reduced to pool / mined / unknown.
+    async fn transaction_lookup(&self, hash: B256) -> Result<TxLookup, ChainError>;
 
     /// `eth_getTransactionReceipt`; `None` while not mined.
     async fn receipt(&self, hash: B256) -> Result<Option<ReceiptSummary>, ChainError>;

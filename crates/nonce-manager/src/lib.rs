@@ -11,20 +11,26 @@
 //! - [`chain`]: the [`chain::ChainClient`] trait and send-error classification;
 //!   [`alloy_chain`]: its JSON-RPC impl;
 //! - [`signer`]: local keys, EIP-1559 signing with the hash known before sending;
-//! - [`submit`]: SubmitTransaction, idempotent per request id.
+//! - [`submit`]: SubmitTransaction, idempotent per request id;
+//! - [`finality`]: receipt checker and confirmations manager (N confirmations, reorgs);
+//! - [`policy`]: the policy loop (re-broadcast dropped, bump stuck, fee cap alert).
 //!
 //! **Architecture Invariant:** no nonce leaves the allocator before the transaction that
 //! records it (with its request id) has committed; no transaction is broadcast before its
 //! signed bytes and hash have committed.
 //!
-//! Not here yet: receipts and confirmations across reorgs, resubmission with fee bumps,
-//! reconciliation of `Reconciling` records, the gRPC API, metrics.
+//! Metrics go to the `metrics` facade (`nonce_manager_*`); the binary installs the exporter.
+//!
+//! Not here yet: reconciliation of `Reconciling` records and gap fill, a per-signer view,
+//! the gRPC API.
 
 pub mod allocator;
 pub mod alloy_chain;
 pub mod chain;
 mod error;
+pub mod finality;
 pub mod limits;
+pub mod policy;
 pub mod signer;
 pub mod store;
 pub mod submit;

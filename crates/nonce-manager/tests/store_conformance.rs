@@ -19,6 +19,7 @@ backend_cases!(cases;
     floor_above_stored_jumps,
     stale_token_writes_are_refused,
     attempts_and_status,
+    lists_by_status,
 );
 
 mod cases {
@@ -99,6 +100,58 @@ mod cases {
             .map(|(_, nonce)| nonce)
             .collect();
         assert_eq!(all, [5, 6, 7]);
+    }
+
+    pub async fn lists_by_status(backend: Backend) {
+        let node = backend.node(Arc::new(ManualClock::default())).await;
+        let holder = HolderId::new("node-a").unwrap();
+        let lease = node
+            .leases
+            .try_acquire(&signer_resource(signer()), &holder, TTL)
+            .await
+            .unwrap()
+            .unwrap();
+        let requests: Vec<_> = (0..4).map(|n| request(&format!("r{n}"), n)).collect();
+        node.store
+            .commit_allocations(signer(), lease.token, 0, &requests)
+            .await
+            .unwrap();
+        for n in [2, 0, 3] {
+            let id = RequestId::new(format!("r{n}")).unwrap();
+            node.store
+                .set_status(signer(), lease.token, &id, TxStatus::Tracking)
+                .await
+                .unwrap();
+        }
+        let tracking = node
+            .store
+            .transactions_with_status(signer(), TxStatus::Tracking, 10)
+            .await
+            .unwrap();
+        let ids: Vec<(&str, u64)> = tracking
+            .iter()
+            .map(|r| (r.request_id.as_str(), r.nonce))
+            .collect();
+        assert_eq!(ids, [("r0", 0), ("r2", 2), ("r3", 3)], "by nonce");
+        let limited = node
+            .store
+            .transactions_with_status(signer(), TxStatus::Tracking, 2)
+            .await
+            .unwrap();
+        assert_eq!(limited.len(), 2);
+        let pending = node
+            .store
+            .transactions_with_status(signer(), TxStatus::Pending, 10)
+            .await
+            .unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].request_id.as_str(), "r1");
+        let other = node
+            .store
+            .transactions_with_status(Address::repeat_byte(0x99), TxStatus::Tracking, 10)
+            .await
+            .unwrap();
+        assert!(other.is_empty());
     }
 
     pub async fn floor_above_stored_jumps(backend: Backend) {

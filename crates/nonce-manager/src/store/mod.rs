@@ -79,6 +79,14 @@ pub trait NonceStore: Send + Sync + fmt::Debug {
     /// Every `(request id, nonce)` of `signer`, by nonce.
     async fn nonces(&self, signer: Address) -> Result<Vec<(RequestId, u64)>, StoreError>;
 
+    /// Up to `limit` records of `signer` in `status`, with their attempts, by nonce.
+    async fn transactions_with_status(
+        &self,
+        signer: Address,
+        status: TxStatus,
+        limit: usize,
+    ) -> Result<Vec<ManagedTransaction>, StoreError>;
+
     /// In ONE fenced transaction: gives each new request id the next nonce from
     /// `max(floor, stored next nonce)` (gapless, in request order), returns the stored
     /// nonce for request ids already present (also for a repeat inside `requests`), and
@@ -231,6 +239,37 @@ macro_rules! sql_nonce_store {
                         Ok((request_id, $crate::store::to_u64("nonce", nonce)?))
                     })
                     .collect()
+            }
+
+            async fn transactions_with_status(
+                &self,
+                signer: alloy_primitives::Address,
+                status: $crate::types::TxStatus,
+                limit: usize,
+            ) -> Result<Vec<$crate::types::ManagedTransaction>, $crate::error::StoreError> {
+                let ids: Vec<String> = sqlx::query_scalar(
+                    "SELECT request_id FROM managed_tx WHERE signer = $1 AND status = $2
+                     ORDER BY nonce LIMIT $3",
+                )
+                .bind($crate::types::signer_key(signer))
+                .bind(status.as_str())
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+                let mut records = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let request_id = $crate::types::RequestId::new(id)
+                        .map_err(|error| $crate::error::StoreError::Corrupt(error.to_string()))?;
+                    // A record that changed status in between is skipped, not an error.
+                    if let Some(record) =
+                        $crate::store::NonceStore::transaction(self, &request_id).await?
+                    {
+                        if record.status == status {
+                            records.push(record);
+                        }
+                    }
+                }
+                Ok(records)
             }
 
             async fn commit_allocations(

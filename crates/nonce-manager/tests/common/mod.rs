@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 pub mod anvil;
+pub mod hardhat;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use alloy_primitives::{Address, Bytes, B256, U256};
 use async_trait::async_trait;
 use ledger_lease::{Clock, LeaseStore};
-use nonce_manager::chain::{BlockRef, ChainClient, ChainError, ReceiptSummary};
+use nonce_manager::chain::{BlockRef, ChainClient, ChainError, ReceiptSummary, TxLookup};
 use nonce_manager::store::postgres::PostgresNonceStore;
 use nonce_manager::store::sqlite::SqliteNonceStore;
 use nonce_manager::store::NonceStore;
@@ -154,6 +155,12 @@ impl ChainClient for FixedChain {
     }
     async fn send_raw_transaction(&self, _raw: &[u8]) -> Result<B256, ChainError> {
         Err(ChainError::Transport("fixed chain sends nothing".into()))
+    }
+    async fn block_number(&self) -> Result<u64, ChainError> {
+        Ok(0)
+    }
+    async fn transaction_lookup(&self, _hash: B256) -> Result<TxLookup, ChainError> {
+        Ok(TxLookup::Unknown)
     }
     async fn receipt(&self, _hash: B256) -> Result<Option<ReceiptSummary>, ChainError> {
         Ok(None)
