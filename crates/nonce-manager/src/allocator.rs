@@ -83,6 +83,7 @@ pub struct Allocator {
     jobs: mpsc::Sender<Job>,
     lease: watch::Receiver<LeaseState>,
     stopped: Arc<AtomicBool>,
+    refresh: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -114,7 +115,9 @@ impl Allocator {
         }
         let (jobs, queue) = mpsc::channel(config.queue_max);
         let stopped = Arc::new(AtomicBool::new(false));
+        let refresh = Arc::new(AtomicBool::new(false));
         let writer = BatchWriter {
+            refresh: Arc::clone(&refresh),
             store: Arc::clone(&store),
             chain,
             signer,
@@ -129,8 +132,17 @@ impl Allocator {
             jobs,
             lease,
             stopped,
+            refresh,
             task,
         })
+    }
+
+    /// Makes the next batch re-read the chain's pending nonce whatever the age of the last
+    /// read, and forget the cached next nonce (the stored one still counts). Reconciliation
+    /// calls this after it found the key used elsewhere, so the next allocation skips
+    /// ahead at once instead of up to [`AllocatorConfig::chain_refresh`] later.
+    pub fn refresh_chain(&self) {
+        self.refresh.store(true, Ordering::SeqCst);
     }
 
     /// The signer.
@@ -226,6 +238,7 @@ struct BatchWriter {
     lease: watch::Receiver<LeaseState>,
     config: AllocatorConfig,
     stopped: Arc<AtomicBool>,
+    refresh: Arc<AtomicBool>,
 }
 
 /// What the writer knows across batches of one tenure.
@@ -266,11 +279,14 @@ impl BatchWriter {
             };
             let current = match tenure.take() {
                 Some(current) if current.token == token => current,
-                _ => Tenure {
-                    token,
-                    cached_next: None,
-                    chain_pending: None,
-                },
+                _ => {
+                    metrics::counter!("nonce_manager_allocator_tenures_total").increment(1);
+                    Tenure {
+                        token,
+                        cached_next: None,
+                        chain_pending: None,
+                    }
+                }
             };
             match self.commit(current, batch).await {
                 Some(next) => tenure = Some(next),
@@ -278,6 +294,7 @@ impl BatchWriter {
             }
         }
         self.stopped.store(true, Ordering::SeqCst);
+        metrics::counter!("nonce_manager_lease_lost_total").increment(1);
         tracing::warn!(signer = %self.signer, "nonce allocator stopped: lease lost");
         queue.close();
         while let Some(job) = queue.recv().await {
@@ -307,9 +324,14 @@ impl BatchWriter {
 
     /// Commits one batch; `None` when the tenure is over (fenced).
     async fn commit(&self, mut tenure: Tenure, batch: Vec<Job>) -> Option<Tenure> {
-        let stale = tenure
-            .chain_pending
-            .is_none_or(|(_, read_at)| read_at.elapsed() >= self.config.chain_refresh);
+        let forced = self.refresh.swap(false, Ordering::SeqCst);
+        if forced {
+            tenure.cached_next = None;
+        }
+        let stale = forced
+            || tenure
+                .chain_pending
+                .is_none_or(|(_, read_at)| read_at.elapsed() >= self.config.chain_refresh);
         if stale {
             match self.chain.pending_nonce(self.signer).await {
                 Ok(pending) => tenure.chain_pending = Some((pending, Instant::now())),

@@ -13,7 +13,9 @@
 //! - [`signer`]: local keys, EIP-1559 signing with the hash known before sending;
 //! - [`submit`]: SubmitTransaction, idempotent per request id;
 //! - [`finality`]: receipt checker and confirmations manager (N confirmations, reorgs);
-//! - [`policy`]: the policy loop (re-broadcast dropped, bump stuck, fee cap alert).
+//! - [`policy`]: the policy loop (re-broadcast dropped, bump stuck, fee cap alert);
+//! - [`reconcile`]: drift detection (the key used by another wallet), floor raise, gap fill;
+//! - [`view`]: the per-signer view for the API.
 //!
 //! **Architecture Invariant:** no nonce leaves the allocator before the transaction that
 //! records it (with its request id) has committed; no transaction is broadcast before its
@@ -21,8 +23,9 @@
 //!
 //! Metrics go to the `metrics` facade (`nonce_manager_*`); the binary installs the exporter.
 //!
-//! Not here yet: reconciliation of `Reconciling` records and gap fill, a per-signer view,
-//! the gRPC API.
+//! Alert rules and a dashboard over these metrics: `deploy/nonce-manager/`.
+//!
+//! Not here yet: the gRPC API.
 
 pub mod allocator;
 pub mod alloy_chain;
@@ -31,10 +34,12 @@ mod error;
 pub mod finality;
 pub mod limits;
 pub mod policy;
+pub mod reconcile;
 pub mod signer;
 pub mod store;
 pub mod submit;
 mod types;
+pub mod view;
 
 pub use error::{AllocateError, InvalidArgument, StoreError, SubmitError};
 pub use types::{signer_resource, ManagedTransaction, RequestId, TxAttempt, TxPayload, TxStatus};

@@ -21,6 +21,7 @@ use common::{payload, Backend, FixedChain};
 backend_cases!(cases;
     three_nodes_share_a_signer,
     stale_allocator_is_refused_after_takeover,
+    refresh_chain_skips_ahead_at_once,
 );
 
 mod cases {
@@ -36,6 +37,57 @@ mod cases {
 
     fn id(n: u64) -> RequestId {
         RequestId::new(format!("req-{n}")).unwrap()
+    }
+
+    /// After `refresh_chain` the next batch re-reads the chain even though the last read
+    /// is fresh; the store's per-signer summary and nonce lookup agree.
+    pub async fn refresh_chain_skips_ahead_at_once(backend: Backend) {
+        use std::sync::atomic::Ordering;
+        let clock = Arc::new(SystemClock);
+        let node = backend.node(clock).await;
+        let chain = Arc::new(FixedChain::new(START_NONCE));
+        let lease = node
+            .leases
+            .try_acquire(
+                &signer_resource(signer()),
+                &HolderId::new("node-0").unwrap(),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let (_state, lease_rx) = watch::channel(LeaseState::Held(lease));
+        let config = AllocatorConfig {
+            chain_refresh: Duration::from_secs(3600),
+            ..AllocatorConfig::default()
+        };
+        let allocator = Allocator::start(
+            node.store.clone(),
+            chain.clone(),
+            signer(),
+            lease_rx,
+            config,
+        )
+        .unwrap();
+        let first = allocator.allocate(id(1), payload(1)).await.unwrap();
+        assert_eq!(first.nonce, START_NONCE);
+        // Another wallet spent up to 20: the cached read does not know yet.
+        chain.pending.store(20, Ordering::SeqCst);
+        let second = allocator.allocate(id(2), payload(2)).await.unwrap();
+        assert_eq!(second.nonce, START_NONCE + 1);
+        allocator.refresh_chain();
+        let third = allocator.allocate(id(3), payload(3)).await.unwrap();
+        assert_eq!(third.nonce, 20);
+        let summary = node.store.signer_summary(signer()).await.unwrap();
+        assert_eq!(summary.in_flight, 3);
+        assert!(summary.oldest_in_flight.is_some());
+        assert_eq!(summary.last_confirmed_nonce, None);
+        let at = node.store.record_at_nonce(signer(), 20).await.unwrap();
+        assert_eq!(at, Some((id(3), nonce_manager::TxStatus::Pending)));
+        assert_eq!(
+            node.store.record_at_nonce(signer(), 19).await.unwrap(),
+            None
+        );
     }
 
     pub async fn three_nodes_share_a_signer(backend: Backend) {

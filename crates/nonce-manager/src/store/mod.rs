@@ -60,6 +60,19 @@ pub struct AllocationBatch {
     pub next_nonce: u64,
 }
 
+/// Aggregates of one signer's records, for the per-signer view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SignerSummary {
+    /// Records `Pending` or `Tracking`.
+    pub in_flight: u64,
+    /// When the oldest of those was allocated.
+    pub oldest_in_flight: Option<UnixMillis>,
+    /// Highest nonce among `Confirmed` records.
+    pub last_confirmed_nonce: Option<u64>,
+    /// Records `Reconciling`.
+    pub reconciling: u64,
+}
+
 /// Nonces and managed transactions in SQL. One implementation per database; all pass the
 /// conformance suite in `tests/store_conformance.rs`.
 #[async_trait]
@@ -98,6 +111,16 @@ pub trait NonceStore: Send + Sync + fmt::Debug {
         floor: u64,
         requests: &[NewAllocation],
     ) -> Result<AllocationBatch, StoreError>;
+
+    /// The request id and status of the record holding `nonce` of `signer`, if any.
+    async fn record_at_nonce(
+        &self,
+        signer: Address,
+        nonce: u64,
+    ) -> Result<Option<(RequestId, TxStatus)>, StoreError>;
+
+    /// Counts and bounds of the signer's records (no attempts read).
+    async fn signer_summary(&self, signer: Address) -> Result<SignerSummary, StoreError>;
 
     /// Stores a signed attempt of `request_id` (fenced). Idempotent per hash.
     async fn record_attempt(
@@ -368,6 +391,68 @@ macro_rules! sql_nonce_store {
                 Ok($crate::store::AllocationBatch {
                     allocations,
                     next_nonce: next,
+                })
+            }
+
+            async fn record_at_nonce(
+                &self,
+                signer: alloy_primitives::Address,
+                nonce: u64,
+            ) -> Result<
+                Option<($crate::types::RequestId, $crate::types::TxStatus)>,
+                $crate::error::StoreError,
+            > {
+                let row: Option<(String, String)> = sqlx::query_as(
+                    "SELECT request_id, status FROM managed_tx WHERE signer = $1 AND nonce = $2",
+                )
+                .bind($crate::types::signer_key(signer))
+                .bind($crate::store::to_i64("nonce", nonce)?)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some((request_id, status)) = row else {
+                    return Ok(None);
+                };
+                let status = $crate::types::TxStatus::parse(&status).ok_or_else(|| {
+                    $crate::error::StoreError::Corrupt(format!(
+                        "managed_tx {request_id}: bad status {status}"
+                    ))
+                })?;
+                let request_id = $crate::types::RequestId::new(request_id)
+                    .map_err(|error| $crate::error::StoreError::Corrupt(error.to_string()))?;
+                Ok(Some((request_id, status)))
+            }
+
+            async fn signer_summary(
+                &self,
+                signer: alloy_primitives::Address,
+            ) -> Result<$crate::store::SignerSummary, $crate::error::StoreError> {
+                let key = $crate::types::signer_key(signer);
+                let (in_flight, oldest): (i64, Option<i64>) = sqlx::query_as(
+                    "SELECT COUNT(*), MIN(created_at_ms) FROM managed_tx
+                     WHERE signer = $1 AND status IN ('pending', 'tracking')",
+                )
+                .bind(&key)
+                .fetch_one(&self.pool)
+                .await?;
+                let last_confirmed: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(nonce) FROM managed_tx WHERE signer = $1 AND status = 'confirmed'",
+                )
+                .bind(&key)
+                .fetch_one(&self.pool)
+                .await?;
+                let reconciling: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM managed_tx WHERE signer = $1 AND status = 'reconciling'",
+                )
+                .bind(&key)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok($crate::store::SignerSummary {
+                    in_flight: $crate::store::to_u64("count", in_flight)?,
+                    oldest_in_flight: oldest.map(ledger_lease::UnixMillis),
+                    last_confirmed_nonce: last_confirmed
+                        .map(|nonce| $crate::store::to_u64("nonce", nonce))
+                        .transpose()?,
+                    reconciling: $crate::store::to_u64("count", reconciling)?,
                 })
             }
 

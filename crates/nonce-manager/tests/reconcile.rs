@@ -1,0 +1,302 @@
+//! Reconciliation against a real anvil (npm @foundry-rs/anvil; skipped when not installed
+//! unless TAKHIN_REQUIRE_ALL_CLIENTS=1): another wallet spends from the same key, bypassing
+//! the manager -> drift detected, alert raised, our record failed, the next allocation
+//! skips ahead; an abandoned nonce blocks a later one -> the gap is filled with a
+//! zero-value self-transfer and the later nonce mines.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy_network::Ethereum;
+use alloy_primitives::{Address, Bytes, U256};
+use alloy_provider::{Provider, RootProvider};
+use ledger_lease::{
+    HolderId, LeaseGuard, LeaseManager, LeaseManagerConfig, LeaseStore, SystemClock,
+};
+use nonce_manager::allocator::{Allocator, AllocatorConfig};
+use nonce_manager::alloy_chain::AlloyChainClient;
+use nonce_manager::chain::ChainClient;
+use nonce_manager::reconcile::{ReconcileConfig, Reconciler};
+use nonce_manager::signer::LocalKey;
+use nonce_manager::store::sqlite::SqliteNonceStore;
+use nonce_manager::store::NonceStore;
+use nonce_manager::submit::{SubmitRequest, Submitter};
+use nonce_manager::view::{signer_view, DriftSource};
+use nonce_manager::{signer_resource, RequestId, TxPayload, TxStatus};
+
+use common::anvil::{Anvil, DEV_KEY_0};
+
+struct Harness {
+    url: String,
+    store: Arc<dyn NonceStore>,
+    leases: Arc<dyn LeaseStore>,
+    chain: Arc<dyn ChainClient>,
+    allocator: Arc<Allocator>,
+    submitter: Submitter,
+    key: LocalKey,
+    clock: Arc<SystemClock>,
+    _guard: LeaseGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn new(url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(SystemClock);
+        let (store, leases) =
+            SqliteNonceStore::connect(&dir.path().join("nonce.sqlite"), clock.clone())
+                .await
+                .unwrap();
+        let store: Arc<dyn NonceStore> = Arc::new(store);
+        let leases: Arc<dyn LeaseStore> = Arc::new(leases);
+        let chain: Arc<dyn ChainClient> = Arc::new(AlloyChainClient::new(url).unwrap());
+        let key = LocalKey::from_hex(DEV_KEY_0).unwrap();
+        let guard = LeaseManager::acquire(
+            leases.clone(),
+            &signer_resource(key.address()),
+            &HolderId::new("node-a").unwrap(),
+            LeaseManagerConfig::new(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap()
+        .expect("the lease is free");
+        let allocator = Arc::new(
+            Allocator::start(
+                store.clone(),
+                chain.clone(),
+                key.address(),
+                guard.subscribe(),
+                AllocatorConfig::default(),
+            )
+            .unwrap(),
+        );
+        let submitter = Submitter::new(
+            store.clone(),
+            allocator.clone(),
+            chain.clone(),
+            key.clone(),
+            clock.clone(),
+        )
+        .await
+        .unwrap();
+        Self {
+            url: url.to_owned(),
+            store,
+            leases,
+            chain,
+            allocator,
+            submitter,
+            key,
+            clock,
+            _guard: guard,
+            _dir: dir,
+        }
+    }
+
+    async fn reconciler(&self, config: ReconcileConfig) -> Reconciler {
+        Reconciler::new(
+            self.store.clone(),
+            self.chain.clone(),
+            self.allocator.clone(),
+            self.key.clone(),
+            self.clock.clone(),
+            config,
+        )
+        .await
+        .unwrap()
+    }
+
+    fn payload(n: u64) -> TxPayload {
+        TxPayload {
+            to: Address::repeat_byte(0x42),
+            value: U256::from(n + 1),
+            data: Bytes::new(),
+            gas_limit: 21_000,
+            max_fee_per_gas: 20_000_000_000,
+            max_priority_fee_per_gas: 1_000_000_000,
+        }
+    }
+
+    async fn submit(&self, id: &str, n: u64) -> nonce_manager::ManagedTransaction {
+        self.submitter
+            .submit(SubmitRequest {
+                request_id: RequestId::new(id).unwrap(),
+                signer: self.key.address(),
+                payload: Self::payload(n),
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Another wallet with the same key: signs and sends through alloy, no manager.
+    async fn foreign_send(&self, nonce: u64) {
+        let signed = self
+            .key
+            .sign(31337, nonce, &Self::payload(1000 + nonce))
+            .unwrap();
+        let provider = RootProvider::<Ethereum>::new_http(self.url.parse().unwrap());
+        let _pending = provider.send_raw_transaction(&signed.raw).await.unwrap();
+    }
+
+    async fn wait_latest(&self, at_least: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.chain.latest_nonce(self.key.address()).await.unwrap() < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "latest nonce never reached {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_wallet_drift_is_detected_and_allocation_skips_ahead() {
+    let Some(anvil) = test_support::skip_unless_required("reconcile_drift", Anvil::start(None))
+    else {
+        return;
+    };
+    let started = Instant::now();
+    let h = Harness::new(anvil.url()).await;
+    let signer = h.key.address();
+    let reconciler = h.reconciler(ReconcileConfig::default()).await;
+
+    for n in 0..2 {
+        let record = h.submit(&format!("ours-{n}"), n).await;
+        assert_eq!((record.nonce, record.status), (n, TxStatus::Tracking));
+    }
+    h.wait_latest(2).await;
+    let clean = reconciler.run_once().await.unwrap();
+    assert!(!clean.drift, "{clean:?}");
+    assert!(!reconciler.drift_alert());
+
+    // Our allocation at nonce 2 (not yet signed) and, meanwhile, another wallet spends
+    // nonces 2 and 3 from the same key.
+    let taken = h
+        .allocator
+        .allocate(RequestId::new("taken").unwrap(), Harness::payload(2))
+        .await
+        .unwrap();
+    assert_eq!(taken.nonce, 2);
+    h.foreign_send(2).await;
+    h.foreign_send(3).await;
+    h.wait_latest(4).await;
+
+    let report = reconciler.run_once().await.unwrap();
+    assert!(report.drift, "{report:?}");
+    assert_eq!(report.latest_nonce, 4);
+    assert_eq!(report.store_next, Some(3));
+    assert_eq!(report.foreign, vec![(RequestId::new("taken").unwrap(), 2)]);
+    assert_eq!(report.floor_raised_to, Some(4));
+    assert!(report.gaps_filled.is_empty());
+    assert!(reconciler.drift_alert());
+    assert_eq!(
+        reconciler
+            .stats()
+            .foreign
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    let failed = h
+        .store
+        .transaction(&RequestId::new("taken").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, TxStatus::Failed);
+
+    let stats = reconciler.stats();
+    let view = signer_view(
+        h.store.as_ref(),
+        h.leases.as_ref(),
+        Some(h.chain.as_ref()),
+        Some(DriftSource {
+            stats: &stats,
+            hold: ReconcileConfig::default().alert_hold,
+        }),
+        signer,
+    )
+    .await
+    .unwrap();
+    assert_eq!(view.next_nonce, 4);
+    assert!(view.drift_alert);
+    assert_eq!(view.lease_holder.as_deref(), Some("node-a"));
+    assert!(view.fencing_token.is_some());
+    assert_eq!(view.in_flight, 2, "{view:?}"); // ours-0/1 stay Tracking without finality
+
+    // The very next allocation skips past the foreign nonces (without reconciliation the
+    // allocator's cache said 3 and its chain read was under a second old: it would have
+    // handed out 3, which the chain already has).
+    let after = h.submit("after-drift", 4).await;
+    assert_eq!(after.nonce, 4);
+    assert_eq!(after.status, TxStatus::Tracking);
+    h.wait_latest(5).await;
+    let receipt = h.chain.receipt(after.attempts[0].hash).await.unwrap();
+    assert!(receipt.is_some_and(|receipt| receipt.success));
+    eprintln!("drift: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_nonce_gap_is_filled_so_later_nonces_mine() {
+    let Some(anvil) = test_support::skip_unless_required("reconcile_gap", Anvil::start(None))
+    else {
+        return;
+    };
+    let started = Instant::now();
+    let h = Harness::new(anvil.url()).await;
+    let signer = h.key.address();
+    let reconciler = h
+        .reconciler(ReconcileConfig {
+            abandon_after: Duration::ZERO,
+            ..ReconcileConfig::default()
+        })
+        .await;
+
+    // Nonce 0 allocated and never signed (the caller went away); nonce 1 sent, stuck
+    // behind the gap.
+    let abandoned = h
+        .allocator
+        .allocate(RequestId::new("abandoned").unwrap(), Harness::payload(0))
+        .await
+        .unwrap();
+    assert_eq!(abandoned.nonce, 0);
+    let later = h.submit("later", 1).await;
+    assert_eq!((later.nonce, later.status), (1, TxStatus::Tracking));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.chain.latest_nonce(signer).await.unwrap(), 0);
+
+    let report = reconciler.run_once().await.unwrap();
+    assert!(!report.drift, "{report:?}");
+    assert_eq!(
+        report.abandoned,
+        vec![(RequestId::new("abandoned").unwrap(), 0)]
+    );
+    assert_eq!(report.gaps_filled.len(), 1, "{report:?}");
+    let (gap, filler) = report.gaps_filled[0];
+    assert_eq!(gap, 0);
+    h.wait_latest(2).await;
+    let filler_receipt = h.chain.receipt(filler).await.unwrap();
+    assert!(filler_receipt.is_some_and(|receipt| receipt.success));
+    let later_receipt = h.chain.receipt(later.attempts[0].hash).await.unwrap();
+    assert!(later_receipt.is_some_and(|receipt| receipt.success));
+    // The filler was stored on the abandoned record before it was sent.
+    let record = h
+        .store
+        .transaction(&RequestId::new("abandoned").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.status, TxStatus::Failed);
+    assert_eq!(record.attempts.len(), 1);
+    assert_eq!(record.attempts[0].hash, filler);
+    // Nothing left to do.
+    let again = reconciler.run_once().await.unwrap();
+    assert!(
+        again.gaps_filled.is_empty() && again.abandoned.is_empty(),
+        "{again:?}"
+    );
+    eprintln!("gap: {:?}", started.elapsed());
+}
