@@ -134,11 +134,55 @@ fn measure(name: &str, n: usize, mut query: impl FnMut(usize) -> usize) {
     );
 }
 
+/// `query` on `n_threads` threads at once (the store is shared read-only).
+fn measure_parallel(name: &str, n: usize, n_threads: usize, query: impl Fn(usize) -> usize + Sync) {
+    let started = Instant::now();
+    let (mut latencies, n_results) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n_threads)
+            .map(|thread| {
+                let query = &query;
+                scope.spawn(move || {
+                    let mut latencies = Vec::with_capacity(n / n_threads + 1);
+                    let mut n_results = 0;
+                    for index in (thread..n).step_by(n_threads) {
+                        let one = Instant::now();
+                        n_results += query(index);
+                        latencies.push(one.elapsed());
+                    }
+                    (latencies, n_results)
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(n);
+        let mut n_results = 0;
+        for handle in handles {
+            let (latencies, results) = handle.join().unwrap();
+            all.extend(latencies);
+            n_results += results;
+        }
+        (all, n_results)
+    });
+    let elapsed = started.elapsed();
+    latencies.sort();
+    println!(
+        "{name:24} {n} queries: {:.0} q/s, p50 {:?}, p99 {:?}, max {:?}, {:.1} results/query",
+        n as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies[n - 1],
+        n_results as f64 / n as f64
+    );
+}
+
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig {
         flush_every_blocks: 1_000,
-        flush_max_dirty: 200_000,
+        // WES_BENCH_FLUSH_DIRTY overrides (the library default is 500,000).
+        flush_max_dirty: std::env::var("WES_BENCH_FLUSH_DIRTY")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(200_000),
         sync_repository: true,
         hot_output_max_bytes: 1_024,
     };
@@ -298,6 +342,13 @@ fn main() {
     });
     measure("compute_account_nonce", N_QUERIES, |i| {
         store.compute_account_nonce(&owners[i]).unwrap() as usize
+    });
+    let store = &store;
+    measure_parallel("utxos_by_owner x2 thr", N_QUERIES, 2, |i| {
+        store.utxos_by_owner(&owners[i]).unwrap().len()
+    });
+    measure_parallel("balances(owner) x2 thr", N_QUERIES, 2, |i| {
+        store.balances(&owners[i]).unwrap().len()
     });
     let _ = &mut generator;
 }

@@ -16,6 +16,13 @@
 //! or validated. Large payloads (STATE up to 64 KiB) so stay out of the record table, whose
 //! pages the owner scans read, and are not stored twice.
 //!
+//! **Clean balances and nonces.** Besides the dirty maps, the cache keeps the balances and
+//! nonces a flush wrote (equal to the flushed store by construction, bounded by
+//! [`crate::limits::CLEAN_ENTRIES_MAX`], cleared whole when full, empty after a reopen), so
+//! applying a block and balance queries read redb only for owners not touched lately.
+//! Validation runs `wes_utxo::validate::validate_block_parallel` (signatures on every core
+//! first, then the same sequential rules).
+//!
 //! Differences from `UtxoState`, by design: the "consumed at height H" detail of a
 //! validation error is not kept (an unknown input reports `Unknown`); admissions taken
 //! after the last flush are lost by a crash (like a mempool).
@@ -77,6 +84,11 @@ pub struct CoinsCache {
     expiry: BTreeMap<(u64, OutPointKey), bool>,
     balances: BTreeMap<(Address, AssetId), u128>,
     nonces: HashMap<Address, u64>,
+    /// Balances and nonces known to equal the flushed store (filled by flushes, bounded by
+    /// `clean_limit`; cleared whole when over it). Apply and queries read them before redb.
+    clean_balances: HashMap<(Address, AssetId), u128>,
+    clean_nonces: HashMap<Address, u64>,
+    clean_limit: usize,
     pending_undo: VecDeque<UndoRecord>,
     undo_delete: Vec<u64>,
     blocks_since_flush: u64,
@@ -137,6 +149,9 @@ impl CoinsCache {
             expiry: BTreeMap::new(),
             balances: BTreeMap::new(),
             nonces: HashMap::new(),
+            clean_balances: HashMap::new(),
+            clean_nonces: HashMap::new(),
+            clean_limit: crate::limits::CLEAN_ENTRIES_MAX,
             pending_undo: VecDeque::new(),
             undo_delete: Vec::new(),
             blocks_since_flush: 0,
@@ -163,6 +178,22 @@ impl CoinsCache {
     /// Dirty UTXO entries (flush when this reaches `flush_max_dirty`).
     pub fn n_dirty(&self) -> usize {
         self.utxos.len()
+    }
+
+    /// Entries in the clean balance and nonce caches (for tests and tuning).
+    pub fn n_clean(&self) -> (usize, usize) {
+        (self.clean_balances.len(), self.clean_nonces.len())
+    }
+
+    /// Sets the bound of the clean balance and nonce caches (0 disables them).
+    pub fn set_clean_limit(&mut self, limit: usize) {
+        self.clean_limit = limit;
+        if self.clean_balances.len() > limit {
+            self.clean_balances.clear();
+        }
+        if self.clean_nonces.len() > limit {
+            self.clean_nonces.clear();
+        }
     }
 
     /// Whether the flush thresholds are reached.
@@ -193,16 +224,19 @@ impl CoinsCache {
     }
 
     /// The full record: a cold record gets its output back from the block repository.
-    fn full(&self, record: &StoredRecord) -> Result<pb::Utxo> {
-        let mut utxo = stored_utxo(record)?.clone();
-        let Some(height) = record.cold_height else {
+    fn full(&self, record: StoredRecord) -> Result<pb::Utxo> {
+        let (height, tx_index) = (record.cold_height, record.cold_tx_index);
+        let mut utxo = record
+            .utxo
+            .ok_or_else(|| StoreError::Corrupt("stored record without utxo".to_string()))?;
+        let Some(height) = height else {
             return Ok(utxo);
         };
         let outpoint = codec::record_outpoint(&utxo)?;
         let block = self.repository.block_at(height)?;
         let transaction = block
             .transactions
-            .get(record.cold_tx_index as usize)
+            .get(tx_index as usize)
             .filter(|transaction| model::tx_id(transaction) == outpoint.tx_id)
             .ok_or_else(|| {
                 StoreError::Corrupt(format!(
@@ -241,42 +275,53 @@ impl CoinsCache {
         Ok(utxo)
     }
 
-    fn hand_out(&self, record: &StoredRecord) -> Result<pb::Utxo> {
+    /// The record as queries see it (consumes the stored form: no clone).
+    fn hand_out(&self, record: StoredRecord) -> Result<pb::Utxo> {
         self.materialize(self.full(record)?)
     }
 
     /// The live record at `outpoint`, as queries see it.
     pub fn utxo(&self, outpoint: &OutPointKey) -> Result<Option<pb::Utxo>> {
         match self.raw(outpoint)? {
-            Some((_, _, record)) => Ok(Some(self.hand_out(&record)?)),
+            Some((_, _, record)) => Ok(Some(self.hand_out(record)?)),
             None => Ok(None),
         }
     }
 
     fn scan(&self, prefix: &[u8]) -> Result<Vec<pb::Utxo>> {
-        let mut found: Vec<(u8, OutPointKey, StoredRecord)> = Vec::new();
-        for (outpoint, category, record) in self.store.scan_owner(prefix)? {
-            if !self.utxos.contains_key(&outpoint) {
-                found.push((category, outpoint, record));
-            }
-        }
         let mut start = [0u8; OWNER_KEY_LEN];
         start[..prefix.len()].copy_from_slice(prefix);
         let mut end = [0xffu8; OWNER_KEY_LEN];
         end[..prefix.len()].copy_from_slice(prefix);
-        let mut merged = false;
+        // Fast path (a flushed cache, or an owner untouched since the flush): the snapshot's
+        // records are the answer, decoded once and handed out without a copy.
+        if self.utxos.is_empty() || self.live_by_owner.range(start..=end).next().is_none() {
+            // Owners hold a handful of records; start with room for them.
+            let mut found = Vec::with_capacity(8);
+            self.store.scan_owner_each(prefix, |outpoint, _, record| {
+                if self.utxos.is_empty() || !self.utxos.contains_key(&outpoint) {
+                    found.push(self.hand_out(record)?);
+                }
+                Ok(())
+            })?;
+            return Ok(found);
+        }
+        let stored = self.store.scan_owner(prefix)?;
+        let mut found: Vec<(u8, OutPointKey, StoredRecord)> = Vec::with_capacity(stored.len());
+        for (outpoint, category, record) in stored {
+            if !self.utxos.contains_key(&outpoint) {
+                found.push((category, outpoint, record));
+            }
+        }
         for key in self.live_by_owner.range(start..=end) {
             let (_, category, outpoint) = parse_owner_key(key)?;
             if let Some(record) = self.utxos.get(&outpoint).and_then(|d| d.record.clone()) {
                 found.push((category, outpoint, record));
-                merged = true;
             }
         }
-        if merged {
-            found.sort_by_key(|entry| (entry.0, entry.1));
-        }
+        found.sort_by_key(|entry| (entry.0, entry.1));
         found
-            .iter()
+            .into_iter()
             .map(|(_, _, record)| self.hand_out(record))
             .collect()
     }
@@ -318,7 +363,12 @@ impl CoinsCache {
 
     /// Balance of `owner` in `asset`.
     pub fn balance(&self, owner: &Address, asset: &AssetId) -> Result<u128> {
-        match self.balances.get(&(*owner, *asset)) {
+        let key = (*owner, *asset);
+        match self
+            .balances
+            .get(&key)
+            .or_else(|| self.clean_balances.get(&key))
+        {
             Some(amount) => Ok(*amount),
             None => self.store.balance(owner, asset),
         }
@@ -341,7 +391,11 @@ impl CoinsCache {
 
     /// ComputeAccountNonce (see `wes_utxo::state`).
     pub fn compute_account_nonce(&self, owner: &Address) -> Result<u64> {
-        match self.nonces.get(owner) {
+        match self
+            .nonces
+            .get(owner)
+            .or_else(|| self.clean_nonces.get(owner))
+        {
             Some(nonce) => Ok(*nonce),
             None => self.store.nonce(owner),
         }
@@ -382,7 +436,8 @@ impl CoinsCache {
     pub fn validate(&self, block: &pb::Block) -> Result<BlockEffects> {
         self.check_usable()?;
         let _ = self.take_read_error();
-        let result = validate::validate_block(
+        // Signatures are checked on every core first (same rules, same errors).
+        let result = validate::validate_block_parallel(
             self,
             &self.references,
             self.tip.as_ref(),
@@ -778,6 +833,8 @@ impl CoinsCache {
         batch.expiry = std::mem::take(&mut self.expiry).into_iter().collect();
         batch.balances = std::mem::take(&mut self.balances).into_iter().collect();
         batch.nonces = self.nonces.drain().collect();
+        let balances = batch.balances.clone();
+        let nonces = batch.nonces.clone();
         batch.undo_delete = std::mem::take(&mut self.undo_delete);
         batch.undo_put = self.pending_undo.drain(..).collect();
         if self.references_dirty {
@@ -802,6 +859,17 @@ impl CoinsCache {
         self.failed = true;
         self.store.write(batch)?;
         self.failed = false;
+        // The written values are now the flushed store's: keep them for later reads.
+        if self.clean_balances.len() + balances.len() > self.clean_limit {
+            self.clean_balances.clear();
+        }
+        if self.clean_nonces.len() + nonces.len() > self.clean_limit {
+            self.clean_nonces.clear();
+        }
+        self.clean_balances
+            .extend(balances.into_iter().take(self.clean_limit));
+        self.clean_nonces
+            .extend(nonces.into_iter().take(self.clean_limit));
         self.references_dirty = false;
         self.blocks_since_flush = 0;
         Ok(())

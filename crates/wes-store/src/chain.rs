@@ -109,6 +109,12 @@ impl ChainStore {
         &self.cache
     }
 
+    /// Bounds the coins cache's clean balance and nonce maps (see
+    /// [`crate::limits::CLEAN_ENTRIES_MAX`], the default; 0 disables them).
+    pub fn set_clean_limit(&mut self, limit: usize) {
+        self.cache.set_clean_limit(limit);
+    }
+
     /// The chain parameters.
     pub fn params(&self) -> &ChainParams {
         self.cache.params()

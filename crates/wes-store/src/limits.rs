@@ -3,6 +3,11 @@
 /// Largest encoded block the repository accepts (10,000 transactions of ~6 KiB).
 pub const MAX_BLOCK_BYTES: usize = 64 * 1024 * 1024;
 
+/// Bound of the coins cache's clean balance and nonce maps (entries each, about 100 bytes
+/// an entry): values known to equal the flushed store, kept across flushes so applying a
+/// block does not read every touched balance back through redb. Cleared whole when full.
+pub const CLEAN_ENTRIES_MAX: usize = 1_000_000;
+
 /// How the coins cache flushes and what it keeps hot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreConfig {

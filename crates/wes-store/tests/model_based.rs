@@ -13,11 +13,23 @@ use wes_utxo::gen::ChainGenerator;
 use wes_utxo::UtxoState;
 
 fn check(seed: u64, hot_output_max_bytes: usize) {
+    check_with(seed, hot_output_max_bytes, None);
+}
+
+/// `clean_limit`: bound of the clean balance/nonce caches (None: the default).
+fn check_with(seed: u64, hot_output_max_bytes: usize, clean_limit: Option<usize>) {
     let dir = tempfile::tempdir().unwrap();
     let config = common::config(3, hot_output_max_bytes);
     let mut generator = ChainGenerator::new(seed, 24);
     let mut state = UtxoState::new(common::params());
-    let mut store = common::open(dir.path(), config.clone());
+    let open = |config| {
+        let mut store = common::open(dir.path(), config);
+        if let Some(limit) = clean_limit {
+            store.set_clean_limit(limit);
+        }
+        store
+    };
+    let mut store = open(config.clone());
     let mut rng = StdRng::seed_from_u64(seed);
     for step in 0..45 {
         if step > 3 && rng.random_range(0..6) == 0 {
@@ -34,9 +46,15 @@ fn check(seed: u64, hot_output_max_bytes: usize) {
         if step % 5 == 0 {
             common::assert_same(&generator, &state, &store);
         }
+        let (n_balances, n_nonces) = store.cache().n_clean();
+        let limit = clean_limit.unwrap_or(wes_store::limits::CLEAN_ENTRIES_MAX);
+        assert!(n_balances <= limit && n_nonces <= limit);
+        if clean_limit.is_none() && (3..10).contains(&step) {
+            assert!(n_balances > 0, "flushed balances stay cached");
+        }
         if step % 11 == 10 {
             drop(store);
-            store = common::open(dir.path(), config.clone());
+            store = open(config.clone());
             common::assert_same(&generator, &state, &store);
         }
     }
@@ -63,6 +81,17 @@ fn hot_policy_matches_reference() {
 #[test]
 fn cold_policy_matches_reference() {
     check(12, 0);
+}
+
+#[test]
+fn clean_cache_disabled_matches_reference() {
+    check_with(13, 1024, Some(0));
+}
+
+#[test]
+fn clean_cache_evicting_matches_reference() {
+    // A bound far below the number of owners: the caches are cleared again and again.
+    check_with(14, 1024, Some(5));
 }
 
 #[test]

@@ -33,7 +33,9 @@
 //!   or height must have reached the lock's; then the wrapped inner proof must unlock the
 //!   inner condition. Time is the block's, never the proof's or a wall clock.
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Mutex;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
@@ -185,15 +187,98 @@ fn parse_key(bytes: &[u8]) -> Result<VerifyingKey, LockError> {
     VerifyingKey::from_bytes(array).map_err(|_| LockError::Malformed("public key"))
 }
 
+/// Bound of [`VALID_KEYS`] (32-byte entries; cleared whole when full).
+const VALID_KEYS_MAX: usize = 1 << 20;
+
+/// Public keys already found to be valid Ed25519 points. Decompressing a point costs
+/// microseconds and every output's lock is checked when created, while owners' keys
+/// repeat; validity is a pure function of the 32 bytes, so a hit answers exactly what
+/// [`parse_key`] would. Only successes are kept.
+static VALID_KEYS: Mutex<Option<HashSet<[u8; 32]>>> = Mutex::new(None);
+
+/// Whether `bytes` is a valid public key ([`parse_key`] succeeds), through [`VALID_KEYS`].
+fn check_key(bytes: &[u8]) -> Result<(), LockError> {
+    let array: &[u8; 32] = bytes
+        .try_into()
+        .map_err(|_| LockError::Malformed("public key"))?;
+    if let Ok(known) = VALID_KEYS.lock() {
+        if known.as_ref().is_some_and(|known| known.contains(array)) {
+            return Ok(());
+        }
+    }
+    parse_key(bytes)?;
+    if let Ok(mut known) = VALID_KEYS.lock() {
+        let known = known.get_or_insert_with(HashSet::new);
+        if known.len() >= VALID_KEYS_MAX {
+            known.clear();
+        }
+        known.insert(*array);
+    }
+    Ok(())
+}
+
+/// One verified signature: public key | digest | signature.
+pub(crate) type VerifiedTriple = [u8; 32 + HASH_LEN + 64];
+
+/// How [`verify_signature`] uses the thread's signature memo.
+#[derive(Default)]
+pub(crate) struct SignatureMemo {
+    /// Triples known to pass `verify_strict` (checked on other threads); consulted.
+    pub(crate) known: HashSet<VerifiedTriple>,
+    /// Whether to record every triple that passes into `known` (speculative pre-pass).
+    pub(crate) record: bool,
+}
+
+thread_local! {
+    /// Set only while `validate::validate_block_parallel` runs on this thread.
+    pub(crate) static SIGNATURE_MEMO: RefCell<Option<SignatureMemo>> = const { RefCell::new(None) };
+}
+
+fn triple(key: &VerifyingKey, digest: &[u8; HASH_LEN], signature: &[u8]) -> Option<VerifiedTriple> {
+    if signature.len() != 64 {
+        return None;
+    }
+    let mut triple = [0u8; 32 + HASH_LEN + 64];
+    triple[..32].copy_from_slice(key.as_bytes());
+    triple[32..32 + HASH_LEN].copy_from_slice(digest);
+    triple[32 + HASH_LEN..].copy_from_slice(signature);
+    Some(triple)
+}
+
 fn verify_signature(
     key: &VerifyingKey,
     digest: &[u8; HASH_LEN],
     signature: &[u8],
 ) -> Result<(), LockError> {
+    // `verify_strict` is a pure function of (key, digest, signature): a triple that passed
+    // once passes again, so a memo hit answers exactly as verifying would.
+    let memo_triple = SIGNATURE_MEMO.with(|memo| {
+        memo.borrow()
+            .as_ref()
+            .and_then(|_| triple(key, digest, signature))
+    });
+    if let Some(memo_triple) = &memo_triple {
+        let known = SIGNATURE_MEMO.with(|memo| {
+            memo.borrow()
+                .as_ref()
+                .is_some_and(|memo| memo.known.contains(memo_triple))
+        });
+        if known {
+            return Ok(());
+        }
+    }
     let signature =
         Signature::from_slice(signature).map_err(|_| LockError::Malformed("signature"))?;
     key.verify_strict(digest, &signature)
-        .map_err(|_| LockError::InvalidSignature)
+        .map_err(|_| LockError::InvalidSignature)?;
+    if let Some(memo_triple) = memo_triple {
+        SIGNATURE_MEMO.with(|memo| {
+            if let Some(memo) = memo.borrow_mut().as_mut().filter(|memo| memo.record) {
+                memo.known.insert(memo_triple);
+            }
+        });
+    }
+    Ok(())
 }
 
 fn check_names(names: &[String]) -> Result<(), LockError> {
@@ -209,7 +294,7 @@ fn check_key_set(keys: &[Vec<u8>], what: &'static str) -> Result<(), LockError> 
     }
     let mut seen = BTreeSet::new();
     for key in keys {
-        parse_key(key)?;
+        check_key(key)?;
         if !seen.insert(key.as_slice()) {
             return Err(LockError::Malformed(what));
         }
@@ -235,7 +320,7 @@ fn check_well_formed_at(condition: &pb::LockingCondition, depth: usize) -> Resul
         .as_ref()
         .ok_or(LockError::Malformed("empty condition"))?
     {
-        Condition::SingleKeyLock(lock) => parse_key(&lock.public_key).map(drop),
+        Condition::SingleKeyLock(lock) => check_key(&lock.public_key),
         Condition::MultiKeyLock(lock) => {
             check_key_set(&lock.public_keys, "multi-key key set")?;
             let n_keys = lock.public_keys.len();
@@ -248,15 +333,15 @@ fn check_well_formed_at(condition: &pb::LockingCondition, depth: usize) -> Resul
             ContentHash::from_slice(&lock.contract_hash)
                 .map_err(|_| LockError::Malformed("contract hash"))?;
             check_names(&lock.allowed_methods)?;
-            parse_key(&lock.executor_public_key).map(drop)
+            check_key(&lock.executor_public_key)
         }
         Condition::DelegationLock(lock) => {
-            parse_key(&lock.owner_public_key)?;
+            check_key(&lock.owner_public_key)?;
             if lock.delegate_public_keys.len() > MAX_KEYS_PER_LOCK {
                 return Err(LockError::Malformed("delegate key set"));
             }
             for key in &lock.delegate_public_keys {
-                parse_key(key)?;
+                check_key(key)?;
             }
             check_names(&lock.allowed_operations)
         }
@@ -672,5 +757,31 @@ pub mod build {
         proof(ProofKind::HeightProof(Box::new(pb::HeightProof {
             inner: Some(Box::new(inner)),
         })))
+    }
+}
+
+#[cfg(test)]
+mod key_cache_tests {
+    use super::*;
+
+    #[test]
+    fn cached_key_check_answers_as_parse_key() {
+        let valid = SigningKey::from_bytes(&[3u8; 32])
+            .verifying_key()
+            .to_bytes();
+        let invalid = (0u8..=255)
+            .map(|byte| [byte; 32])
+            .find(|bytes| parse_key(bytes).is_err());
+        for _ in 0..2 {
+            assert!(check_key(&valid).is_ok());
+            assert!(check_key(&valid[..31]).is_err());
+            if let Some(invalid) = invalid {
+                assert_eq!(check_key(&invalid), Err(LockError::Malformed("public key")));
+            }
+        }
+        if let Some(invalid) = invalid {
+            let known = VALID_KEYS.lock().ok().and_then(|known| known.clone());
+            assert!(known.is_some_and(|known| known.contains(&valid) && !known.contains(&invalid)));
+        }
     }
 }

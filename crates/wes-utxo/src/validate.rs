@@ -575,6 +575,158 @@ fn check_header(header: &pb::BlockHeader, tip: Option<&ChainTip>) -> Result<Bloc
     Ok(model::block_hash(header))
 }
 
+/// [`validate_block`] with the block's signatures checked on every core first: each
+/// worker resolves inputs through `view` (outputs created earlier in the block are
+/// skipped) and runs the unlock checks speculatively, keeping the (key, digest,
+/// signature) triples that pass `verify_strict`; the sequential validation then runs
+/// unchanged, answering those signature checks from the memo. Every rule, its order and
+/// the error reported are `validate_block`'s (a memo hit is a check that would pass).
+pub fn validate_block_parallel<V: UtxoView + Sync + ?Sized>(
+    view: &V,
+    references: &ReferenceTable,
+    tip: Option<&ChainTip>,
+    block: &pb::Block,
+    params: &ChainParams,
+) -> Result<BlockEffects, BlockError> {
+    let n_threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let Some(header) = block.header.as_ref() else {
+        return validate_block(view, references, tip, block, params);
+    };
+    let n_inputs: usize = block.transactions.iter().map(|tx| tx.inputs.len()).sum();
+    if n_threads < 2 || n_inputs < PARALLEL_PRECHECK_MIN_TXS {
+        return validate_block(view, references, tip, block, params);
+    }
+    let context = BlockContext {
+        height: header.height,
+        timestamp: header.timestamp,
+    };
+    let chunk = block.transactions.len().div_ceil(n_threads).max(1);
+    let known = std::thread::scope(|scope| {
+        let handles: Vec<_> = block
+            .transactions
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || preverify(view, part, context)))
+            .collect();
+        let mut known = HashSet::new();
+        for handle in handles {
+            match handle.join() {
+                Ok(part) => known.extend(part),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        known
+    });
+    locking::SIGNATURE_MEMO.with(|memo| {
+        *memo.borrow_mut() = Some(locking::SignatureMemo {
+            known,
+            record: false,
+        });
+    });
+    let result = validate_block(view, references, tip, block, params);
+    locking::SIGNATURE_MEMO.with(|memo| memo.borrow_mut().take());
+    result
+}
+
+/// The speculative unlock checks of `transactions` (see [`validate_block_parallel`]);
+/// returns the signature triples that verified. Errors are ignored: only passes count.
+fn preverify<V: UtxoView + ?Sized>(
+    view: &V,
+    transactions: &[pb::Transaction],
+    block: BlockContext,
+) -> HashSet<locking::VerifiedTriple> {
+    locking::SIGNATURE_MEMO.with(|memo| {
+        *memo.borrow_mut() = Some(locking::SignatureMemo {
+            known: HashSet::new(),
+            record: true,
+        });
+    });
+    for transaction in transactions {
+        if model::is_coinbase(transaction) {
+            continue;
+        }
+        let (_, signing_hash) = model::tx_ids(transaction);
+        let resolved: Vec<Option<Cow<'_, pb::Utxo>>> = transaction
+            .inputs
+            .iter()
+            .map(|input| {
+                input_outpoint(input)
+                    .ok()
+                    .and_then(|outpoint| view.get_utxo(&outpoint))
+            })
+            .collect();
+        let referenced_contracts: Vec<ContentHash> = transaction
+            .inputs
+            .iter()
+            .zip(&resolved)
+            .filter(|(input, _)| input.is_reference_only)
+            .filter_map(|(_, utxo)| utxo.as_ref()?.output().and_then(resource_content))
+            .filter_map(|resource| ContentHash::from_slice(&resource.content_hash).ok())
+            .collect();
+        for (input_index, (input, utxo)) in transaction.inputs.iter().zip(&resolved).enumerate() {
+            let Some(output) = utxo.as_ref().and_then(|utxo| utxo.output()) else {
+                continue;
+            };
+            let context = SpendContext {
+                signing_hash,
+                input_index: input_index as u32,
+                is_reference_only: input.is_reference_only,
+                block_height: block.height,
+                block_timestamp: block.timestamp,
+                referenced_contracts: &referenced_contracts,
+            };
+            let _ = locking::verify_unlock(
+                &output.locking_conditions,
+                input.unlocking_proof.as_ref(),
+                &context,
+            );
+        }
+    }
+    locking::SIGNATURE_MEMO
+        .with(|memo| memo.borrow_mut().take())
+        .map(|memo| memo.known)
+        .unwrap_or_default()
+}
+
+type Prechecked = (TxId, SigningHash, Result<(), TxError>);
+
+/// Blocks with fewer transactions are prechecked on the calling thread.
+const PARALLEL_PRECHECK_MIN_TXS: usize = 32;
+
+fn precheck_one(transaction: &pb::Transaction) -> Prechecked {
+    let (tx_id, signing_hash) = model::tx_ids(transaction);
+    (
+        tx_id,
+        signing_hash,
+        check_transaction_stateless(transaction),
+    )
+}
+
+/// `tx_ids` and [`check_transaction_stateless`] of every transaction, in block order,
+/// spread over the available cores (both are pure functions of the transaction).
+fn precheck_transactions(transactions: &[pb::Transaction]) -> Vec<Prechecked> {
+    let n_threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if n_threads < 2 || transactions.len() < PARALLEL_PRECHECK_MIN_TXS {
+        return transactions.iter().map(precheck_one).collect();
+    }
+    let chunk = transactions.len().div_ceil(n_threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = transactions
+            .chunks(chunk)
+            .skip(1)
+            .map(|part| scope.spawn(move || part.iter().map(precheck_one).collect::<Vec<_>>()))
+            .collect();
+        let mut all: Vec<Prechecked> = Vec::with_capacity(transactions.len());
+        all.extend(transactions[..chunk].iter().map(precheck_one));
+        for handle in handles {
+            match handle.join() {
+                Ok(part) => all.extend(part),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        all
+    })
+}
+
 /// Validates a block on top of `tip` (None: the genesis block) and returns its effects.
 /// Nothing is changed; see the module docs for the rules.
 pub fn validate_block<V: UtxoView + ?Sized>(
@@ -614,14 +766,18 @@ pub fn validate_block<V: UtxoView + ?Sized>(
 
     let mut seen_tx_ids = HashSet::with_capacity(n_transactions);
     let mut effects = Vec::with_capacity(n_transactions);
-    for (tx_index, transaction) in block.transactions.iter().enumerate() {
-        let (tx_id, signing_hash) = model::tx_ids(transaction);
+    // The ids and stateless checks of all transactions, computed on every core; their
+    // results are consulted below in block order, so the first error reported is the same.
+    let prechecked = precheck_transactions(&block.transactions);
+    for ((tx_index, transaction), (tx_id, signing_hash, stateless)) in
+        block.transactions.iter().enumerate().zip(prechecked)
+    {
         let fail = |source: TxError| BlockError::Transaction {
             tx_index,
             tx_id,
             source: Box::new(source),
         };
-        check_transaction_stateless(transaction).map_err(fail)?;
+        stateless.map_err(fail)?;
         if model::is_coinbase(transaction) && tx_index != 0 {
             return Err(BlockError::CoinbaseNotFirst { tx_index });
         }
@@ -707,4 +863,41 @@ fn check_coinbase(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod precheck_tests {
+    use super::*;
+
+    #[test]
+    fn parallel_precheck_matches_sequential_in_order() {
+        // Valid-looking and invalid transactions mixed, more than the parallel threshold.
+        let transactions: Vec<pb::Transaction> = (0..(PARALLEL_PRECHECK_MIN_TXS * 3 + 5))
+            .map(|index| {
+                let mut transaction = pb::Transaction {
+                    version: index as u32,
+                    ..pb::Transaction::default()
+                };
+                if index % 7 == 0 {
+                    transaction.coinbase = Some(pb::Coinbase {
+                        height: index as u64,
+                        extra_data: vec![
+                            0;
+                            if index % 14 == 0 {
+                                MAX_SMALL_BYTES_LEN + 1
+                            } else {
+                                1
+                            }
+                        ],
+                    });
+                }
+                transaction
+            })
+            .collect();
+        let parallel = precheck_transactions(&transactions);
+        let sequential: Vec<Prechecked> = transactions.iter().map(precheck_one).collect();
+        assert_eq!(parallel, sequential);
+        assert!(parallel.iter().any(|(_, _, result)| result.is_ok()));
+        assert!(parallel.iter().any(|(_, _, result)| result.is_err()));
+    }
 }
