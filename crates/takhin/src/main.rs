@@ -2,6 +2,7 @@
 //! hands over to the libraries. No logic of its own beyond that.
 
 mod config;
+mod utxo;
 
 use std::io::Read;
 
@@ -28,6 +29,9 @@ enum Command {
     Dev(config::DevArgs),
     /// Run the Kafka-compatible broker.
     Broker(BrokerArgs),
+    /// Generate, import and query a WES extended-UTXO chain store.
+    #[command(subcommand)]
+    Utxo(utxo::UtxoCommand),
     /// Measure a Kafka-protocol broker with librdkafka.
     #[cfg(feature = "bench")]
     #[command(subcommand)]
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             let config = config::dev_config(&args)?;
             runtime.block_on(run_broker(config, false, "dev"))
         }
+        Command::Utxo(command) => utxo::run(command),
     }
 }
 
