@@ -391,3 +391,41 @@ impl BatchWriter {
         }
     }
 }
+
+/// Runs `round` every `interval` for as long as `allocator` holds the signer's
+/// lease, for the background loops (policy, reconciliation). A fenced store
+/// write means another node took the signer: the loop stops. Other errors are
+/// logged (and counted by `on_error`) and the next round tries again.
+pub(crate) fn spawn_rounds<F, Fut, T>(
+    allocator: Arc<Allocator>,
+    interval: std::time::Duration,
+    name: &'static str,
+    on_error: fn(),
+    mut round: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, crate::SubmitError>> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if allocator.is_stopped() {
+                return;
+            }
+            match round().await {
+                Ok(_) => {}
+                Err(crate::SubmitError::Store(error)) if error.is_fenced() => {
+                    tracing::warn!(%error, loop_name = name, "background loop fenced; stopping");
+                    return;
+                }
+                Err(error) => {
+                    on_error();
+                    tracing::warn!(%error, loop_name = name, "background round failed");
+                }
+            }
+        }
+    })
+}

@@ -148,24 +148,17 @@ impl PolicyLoop {
 
     /// Runs rounds every [`PolicyConfig::interval`] until fenced or the lease is lost.
     pub fn spawn(self: Arc<Self>) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(self.config.interval);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                interval.tick().await;
-                if self.allocator.is_stopped() {
-                    return;
-                }
-                match self.run_once().await {
-                    Ok(()) => {}
-                    Err(SubmitError::Store(error)) if error.is_fenced() => {
-                        tracing::warn!(%error, "policy loop fenced; stopping");
-                        return;
-                    }
-                    Err(error) => tracing::warn!(%error, "policy round failed"),
-                }
-            }
-        })
+        let (allocator, interval) = (self.allocator.clone(), self.config.interval);
+        crate::allocator::spawn_rounds(
+            allocator,
+            interval,
+            "policy",
+            || {},
+            move || {
+                let policy = self.clone();
+                async move { policy.run_once().await }
+            },
+        )
     }
 
     /// One round over the signer's `Tracking` records.

@@ -187,26 +187,11 @@ impl Reconciler {
 
     /// Runs rounds every [`ReconcileConfig::interval`] until fenced or the lease is lost.
     pub fn spawn(self: Arc<Self>) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(self.config.interval);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                interval.tick().await;
-                if self.allocator.is_stopped() {
-                    return;
-                }
-                match self.run_once().await {
-                    Ok(_) => {}
-                    Err(SubmitError::Store(error)) if error.is_fenced() => {
-                        tracing::warn!(%error, "reconciler fenced; stopping");
-                        return;
-                    }
-                    Err(error) => {
-                        metrics::counter!("nonce_manager_reconcile_failures_total").increment(1);
-                        tracing::warn!(%error, "reconciliation round failed");
-                    }
-                }
-            }
+        let (allocator, interval) = (self.allocator.clone(), self.config.interval);
+        let on_error = || metrics::counter!("nonce_manager_reconcile_failures_total").increment(1);
+        crate::allocator::spawn_rounds(allocator, interval, "reconcile", on_error, move || {
+            let reconciler = self.clone();
+            async move { reconciler.run_once().await }
         })
     }
 

@@ -385,6 +385,26 @@ pub fn verify_unlock(
     verify_condition(condition, inner_proof, context, index, 1)
 }
 
+/// The wrapped condition of a time or height lock, checked one level deeper.
+fn verify_inner(
+    inner_condition: Option<&pb::LockingCondition>,
+    inner_proof: Option<&pb::Proof>,
+    what: &'static str,
+    context: &SpendContext<'_>,
+    condition_index: u32,
+    depth: usize,
+) -> Result<(), LockError> {
+    let inner_condition = inner_condition.ok_or(LockError::Malformed(what))?;
+    let inner_proof = inner_proof.ok_or(LockError::MissingProof)?;
+    verify_condition(
+        inner_condition,
+        inner_proof,
+        context,
+        condition_index,
+        depth + 1,
+    )
+}
+
 fn verify_condition(
     condition: &pb::LockingCondition,
     proof: &pb::Proof,
@@ -511,17 +531,13 @@ fn verify_condition(
                     block_timestamp: context.block_timestamp,
                 });
             }
-            let inner_condition = lock
-                .inner
-                .as_deref()
-                .ok_or(LockError::Malformed("time lock inner"))?;
-            let inner_proof = proof.inner.as_deref().ok_or(LockError::MissingProof)?;
-            verify_condition(
-                inner_condition,
-                inner_proof,
+            verify_inner(
+                lock.inner.as_deref(),
+                proof.inner.as_deref(),
+                "time lock inner",
                 context,
                 condition_index,
-                depth + 1,
+                depth,
             )
         }
         (Condition::HeightLock(lock), ProofKind::HeightProof(proof)) => {
@@ -531,17 +547,13 @@ fn verify_condition(
                     block_height: context.block_height,
                 });
             }
-            let inner_condition = lock
-                .inner
-                .as_deref()
-                .ok_or(LockError::Malformed("height lock inner"))?;
-            let inner_proof = proof.inner.as_deref().ok_or(LockError::MissingProof)?;
-            verify_condition(
-                inner_condition,
-                inner_proof,
+            verify_inner(
+                lock.inner.as_deref(),
+                proof.inner.as_deref(),
+                "height lock inner",
                 context,
                 condition_index,
-                depth + 1,
+                depth,
             )
         }
         _ => Err(mismatch()),
