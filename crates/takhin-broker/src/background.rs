@@ -81,7 +81,8 @@ async fn every(broker: Arc<Broker>, interval: Duration, job: fn(&Broker)) {
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = shutdown.changed() => return,
+            // wait_for also sees a shutdown sent before this task first ran.
+            _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let broker = broker.clone();
         if let Err(error) = tokio::task::spawn_blocking(move || job(&broker)).await {

@@ -90,7 +90,8 @@ async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => return,
+            // wait_for also sees a shutdown sent before this task first ran.
+            _ = shutdown.wait_for(|stop| *stop) => return,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -162,7 +163,7 @@ async fn serve_connection(
     loop {
         let size = tokio::select! {
             size = reader.read_i32() => size,
-            _ = shutdown.changed() => break,
+            _ = shutdown.wait_for(|stop| *stop) => break,
         };
         let size = match size {
             Ok(size) => size,
