@@ -1,5 +1,5 @@
 //! Test harnesses for Takhin: real servers started on loopback for the test's lifetime
-//! ([`postgres::PostgresServer`]), and one conformance suite per storage trait run against
+//! ([`postgres::PostgresServer`], [`redis::RedisServer`]), and one conformance suite per storage trait run against
 //! every backend ([`lease_conformance`] with [`lease_store_conformance!`]).
 //!
 //! A harness whose server is not installed returns [`HarnessError::NotInstalled`];
@@ -9,6 +9,7 @@
 pub mod lease_backend;
 pub mod lease_conformance;
 pub mod postgres;
+pub mod redis;
 
 use std::path::PathBuf;
 

@@ -31,6 +31,31 @@ pub const BIN_DIR_ENV: &str = "TAKHIN_PG_BIN_DIR";
 const NOT_INSTALLED_HINT: &str =
     "install PostgreSQL 14+: scripts/install-deps, or apt-get install postgresql";
 
+/// Whether commits wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// A test database: a test never waits on fsync.
+    Off,
+    /// PostgreSQL's defaults: a commit is flushed before it returns.
+    Durable,
+}
+
+impl Durability {
+    fn settings(self) -> &'static [&'static str] {
+        match self {
+            Durability::Off => &[
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ],
+            Durability::Durable => &["-c", "fsync=on", "-c", "synchronous_commit=on"],
+        }
+    }
+}
+
 /// A running PostgreSQL server owned by a test.
 #[derive(Debug)]
 pub struct PostgresServer {
@@ -47,6 +72,17 @@ impl PostgresServer {
     /// [`HarnessError::NotInstalled`] when PostgreSQL (or, as root, its system user) is
     /// missing.
     pub fn start() -> Result<Self, HarnessError> {
+        Self::start_with(Durability::Off)
+    }
+
+    /// Starts a fresh server with `fsync=on` and `synchronous_commit=on`, PostgreSQL's
+    /// defaults: a commit returns after its WAL record is flushed to disk. For benchmarks
+    /// that claim durable writes; tests use [`PostgresServer::start`].
+    pub fn start_durable() -> Result<Self, HarnessError> {
+        Self::start_with(Durability::Durable)
+    }
+
+    fn start_with(durability: Durability) -> Result<Self, HarnessError> {
         let bin_dir = find_bin_dir()?;
         let run_as = if running_as_root()? {
             Some(postgres_user()?)
@@ -79,9 +115,8 @@ impl PostgresServer {
                 .args(["-c", "listen_addresses=127.0.0.1"])
                 .arg("-c")
                 .arg(format!("unix_socket_directories={}", dir.path().display()))
-                // A test database: durability off, so a test never waits on fsync.
-                .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-                .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+                .args(durability.settings())
+                .args(["-c", "max_connections=200"])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log);
