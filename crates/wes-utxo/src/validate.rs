@@ -588,7 +588,7 @@ pub fn validate_block_parallel<V: UtxoView + Sync + ?Sized>(
     block: &pb::Block,
     params: &ChainParams,
 ) -> Result<BlockEffects, BlockError> {
-    let n_threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let n_threads = worker_threads();
     let Some(header) = block.header.as_ref() else {
         return validate_block(view, references, tip, block, params);
     };
@@ -703,8 +703,16 @@ fn precheck_one(transaction: &pb::Transaction) -> Prechecked {
 
 /// `tx_ids` and [`check_transaction_stateless`] of every transaction, in block order,
 /// spread over the available cores (both are pure functions of the transaction).
+/// Threads for the parallel checks: the machine's parallelism, at most 8. Asked once:
+/// `available_parallelism` reads cgroup files on Linux, which cost more than validating a
+/// small block.
+fn worker_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+}
+
 fn precheck_transactions(transactions: &[pb::Transaction]) -> Vec<Prechecked> {
-    let n_threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let n_threads = worker_threads();
     if n_threads < 2 || transactions.len() < PARALLEL_PRECHECK_MIN_TXS {
         return transactions.iter().map(precheck_one).collect();
     }
