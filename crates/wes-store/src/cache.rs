@@ -40,8 +40,8 @@ use wes_utxo::validate::{self, BlockContext, BlockEffects, ChainTip, UtxoView};
 use wes_utxo::ChainParams;
 
 use crate::codec::{
-    self, category_byte, owner_key, parse_owner_key, AdmissionRecord, ConsumedRecord, MetaRecord,
-    ReferencesRecord, StoredRecord, TipRecord, TotalRecord, UndoRecord, OWNER_KEY_LEN,
+    self, category_byte, AdmissionRecord, ConsumedRecord, MetaRecord, ReferencesRecord,
+    StoredRecord, TipRecord, TotalRecord, UndoRecord,
 };
 use crate::error::{Result, StoreError};
 use crate::limits::StoreConfig;
@@ -51,7 +51,8 @@ use crate::store::{FlushBatch, UtxoStore, UtxoWrite};
 struct Dirty {
     owner: Address,
     category: u8,
-    record: Option<StoredRecord>,
+    /// Boxed: a record is a few hundred bytes, and the map moves its entries when it grows.
+    record: Option<Box<StoredRecord>>,
 }
 
 /// A RESOURCE record with its reference information.
@@ -80,7 +81,10 @@ pub struct CoinsCache {
     references: ReferenceTable,
     references_dirty: bool,
     utxos: HashMap<OutPointKey, Dirty>,
-    live_by_owner: BTreeSet<[u8; OWNER_KEY_LEN]>,
+    /// Live dirty records per owner, as (category, outpoint): what an owner scan merges over
+    /// the store's range. Per owner rather than one set of owner keys: an insert is a hash
+    /// lookup plus a small set, not a walk of a million 57-byte keys.
+    live_by_owner: HashMap<Address, BTreeSet<(u8, OutPointKey)>>,
     expiry: BTreeMap<(u64, OutPointKey), bool>,
     balances: BTreeMap<(Address, AssetId), u128>,
     nonces: HashMap<Address, u64>,
@@ -145,7 +149,7 @@ impl CoinsCache {
             references,
             references_dirty: false,
             utxos: HashMap::new(),
-            live_by_owner: BTreeSet::new(),
+            live_by_owner: HashMap::new(),
             expiry: BTreeMap::new(),
             balances: BTreeMap::new(),
             nonces: HashMap::new(),
@@ -217,7 +221,8 @@ impl CoinsCache {
         if let Some(dirty) = self.utxos.get(outpoint) {
             return Ok(dirty
                 .record
-                .clone()
+                .as_deref()
+                .cloned()
                 .map(|record| (dirty.owner, dirty.category, record)));
         }
         self.store.get(outpoint)
@@ -289,13 +294,21 @@ impl CoinsCache {
     }
 
     fn scan(&self, prefix: &[u8]) -> Result<Vec<pb::Utxo>> {
-        let mut start = [0u8; OWNER_KEY_LEN];
-        start[..prefix.len()].copy_from_slice(prefix);
-        let mut end = [0xffu8; OWNER_KEY_LEN];
-        end[..prefix.len()].copy_from_slice(prefix);
         // Fast path (a flushed cache, or an owner untouched since the flush): the snapshot's
         // records are the answer, decoded once and handed out without a copy.
-        if self.utxos.is_empty() || self.live_by_owner.range(start..=end).next().is_none() {
+        let owner = Address::from_slice(&prefix[..prefix.len().min(model::ADDRESS_LEN)])?;
+        let category = prefix.get(model::ADDRESS_LEN).copied();
+        let dirty_live: Vec<(u8, OutPointKey)> = self
+            .live_by_owner
+            .get(&owner)
+            .map(|live| {
+                live.iter()
+                    .filter(|(c, _)| category.is_none_or(|wanted| *c == wanted))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if self.utxos.is_empty() || dirty_live.is_empty() {
             // Owners hold a handful of records; start with room for them.
             let mut found = Vec::with_capacity(8);
             self.store.scan_owner_each(prefix, |outpoint, _, record| {
@@ -313,9 +326,12 @@ impl CoinsCache {
                 found.push((category, outpoint, record));
             }
         }
-        for key in self.live_by_owner.range(start..=end) {
-            let (_, category, outpoint) = parse_owner_key(key)?;
-            if let Some(record) = self.utxos.get(&outpoint).and_then(|d| d.record.clone()) {
+        for (category, outpoint) in dirty_live {
+            if let Some(record) = self
+                .utxos
+                .get(&outpoint)
+                .and_then(|d| d.record.as_deref().cloned())
+            {
                 found.push((category, outpoint, record));
             }
         }
@@ -460,18 +476,23 @@ impl CoinsCache {
         category: u8,
         record: Option<StoredRecord>,
     ) {
-        let key = owner_key(&owner, category, &outpoint);
         if record.is_some() {
-            self.live_by_owner.insert(key);
-        } else {
-            self.live_by_owner.remove(&key);
+            self.live_by_owner
+                .entry(owner)
+                .or_default()
+                .insert((category, outpoint));
+        } else if let Some(live) = self.live_by_owner.get_mut(&owner) {
+            live.remove(&(category, outpoint));
+            if live.is_empty() {
+                self.live_by_owner.remove(&owner);
+            }
         }
         self.utxos.insert(
             outpoint,
             Dirty {
                 owner,
                 category,
-                record,
+                record: record.map(Box::new),
             },
         );
     }
@@ -826,7 +847,7 @@ impl CoinsCache {
                 outpoint,
                 owner: dirty.owner,
                 category: dirty.category,
-                record: dirty.record,
+                record: dirty.record.map(|record| *record),
             })
             .collect();
         self.live_by_owner.clear();
