@@ -7,7 +7,9 @@
 //! and needs an in-memory `UtxoState`, too slow for a million outputs). Transfers: blocks of
 //! 2,000 transactions, each consuming 2 outputs of one owner and creating 2 for another.
 //! Every block is validated (signatures included), appended to the repository with an
-//! fsync, and applied to the coins cache; the cache flushes every 200,000 dirty entries.
+//! fsync, and applied to the coins cache; the cache flushes every 200,000 dirty entries
+//! (`WES_BENCH_FLUSH_DIRTY` overrides). Each phase reports apply (log append + coins cache)
+//! and the flushes to redb separately, then both together and end to end.
 //!
 //! Run: `cargo run --release -p wes-store --example bench`
 #![allow(clippy::unwrap_used)]
@@ -27,24 +29,64 @@ const TXS_PER_BLOCK: usize = 2_000;
 const N_TRANSFER_BLOCKS: usize = 10;
 const N_QUERIES: usize = 200_000;
 
+/// Time split of a phase: validation, log append + apply into the cache (`apply`), and the
+/// flushes to redb that the cache ran meanwhile (`flush`, with the records they wrote).
+#[derive(Default)]
 struct Timer {
     validate: Duration,
     apply: Duration,
+    flush: Duration,
+    flushed_records: u64,
     n_ops: usize,
 }
 
-fn apply(store: &mut ChainStore, block: &pb::Block, timer: &mut Timer) {
-    let started = Instant::now();
-    let effects = store.validate_block(block).unwrap();
-    let validated = Instant::now();
-    timer.n_ops += effects
-        .transactions
-        .iter()
-        .map(|tx| tx.consumed.len() + tx.created.len())
-        .sum::<usize>();
-    store.apply_validated(block, effects).unwrap();
-    timer.validate += validated - started;
-    timer.apply += validated.elapsed();
+impl Timer {
+    fn apply(&mut self, store: &mut ChainStore, block: &pb::Block) {
+        let started = Instant::now();
+        let effects = store.validate_block(block).unwrap();
+        let validated = Instant::now();
+        self.n_ops += effects
+            .transactions
+            .iter()
+            .map(|tx| tx.consumed.len() + tx.created.len())
+            .sum::<usize>();
+        let before = store.cache().flush_totals();
+        store.apply_validated(block, effects).unwrap();
+        let elapsed = validated.elapsed();
+        let flushed = store.cache().flush_totals();
+        let flush = flushed.time - before.time;
+        self.validate += validated - started;
+        self.apply += elapsed - flush;
+        self.flush += flush;
+        self.flushed_records += flushed.records - before.records;
+    }
+
+    /// The closing flush of a phase belongs to it.
+    fn flush(&mut self, store: &mut ChainStore) {
+        let before = store.cache().flush_totals();
+        store.flush().unwrap();
+        let after = store.cache().flush_totals();
+        self.flush += after.time - before.time;
+        self.flushed_records += after.records - before.records;
+    }
+
+    fn print(&self, what: &str) {
+        let rate = |d: Duration| self.n_ops as f64 / d.as_secs_f64();
+        println!(
+            "{what}: {} ops; validate {:?}, log+apply {:?}, flush {:?} ({} records, {:.0} records/s)\n  \
+             {what}: apply (log+apply) {:.0} ops/s; with flushes (log+apply+flush) {:.0} ops/s; \
+             end to end (validate+log+apply+flush) {:.0} ops/s",
+            self.n_ops,
+            self.validate,
+            self.apply,
+            self.flush,
+            self.flushed_records,
+            self.flushed_records as f64 / self.flush.as_secs_f64(),
+            rate(self.apply),
+            rate(self.apply + self.flush),
+            rate(self.validate + self.apply + self.flush),
+        );
+    }
 }
 
 fn native_amount(utxo: &pb::Utxo) -> u64 {
@@ -190,12 +232,8 @@ fn main() {
     let mut generator = ChainGenerator::new(7, N_OWNERS);
     println!("derived {N_OWNERS} owner keys in {:?}", started.elapsed());
     let mut store = ChainStore::open(dir.path(), ChainParams::default(), config.clone()).unwrap();
-    let mut timer = Timer {
-        validate: Duration::ZERO,
-        apply: Duration::ZERO,
-        n_ops: 0,
-    };
-    apply(&mut store, &generator.genesis(), &mut timer);
+    let mut timer = Timer::default();
+    timer.apply(&mut store, &generator.genesis());
 
     // Fan-out 1: every genesis native output -> 256 outputs to the first owners.
     let mut sources: Vec<pb::Utxo> = Vec::new();
@@ -226,7 +264,7 @@ fn main() {
         })
         .collect();
     let block = next_block(&store, transactions);
-    apply(&mut store, &block, &mut timer);
+    timer.apply(&mut store, &block);
 
     // Fan-out 2: level-1 outputs -> 256 each, owners round robin, until 1M UTXOs.
     let mut level1: Vec<pb::Utxo> = Vec::new();
@@ -256,29 +294,19 @@ fn main() {
             })
             .collect();
         let block = next_block(&store, transactions);
-        apply(&mut store, &block, &mut timer);
+        timer.apply(&mut store, &block);
     }
-    store.flush().unwrap();
+    timer.flush(&mut store);
     let load_elapsed = load_started.elapsed();
     let n_live = store.utxo_set().unwrap().utxos.len();
     println!(
-        "loaded: {n_live} live UTXOs over {N_OWNERS} owners, height {}, {} ops in {:?} \
-         (validate {:?}, log+apply+flush {:?}): {:.0} ops/s end to end, {:.0} ops/s store only",
+        "loaded: {n_live} live UTXOs over {N_OWNERS} owners, height {}, in {load_elapsed:?}",
         store.tip().unwrap().height,
-        timer.n_ops,
-        load_elapsed,
-        timer.validate,
-        timer.apply,
-        timer.n_ops as f64 / (timer.validate + timer.apply).as_secs_f64(),
-        timer.n_ops as f64 / timer.apply.as_secs_f64()
     );
+    timer.print("fan-out");
 
     // Transfers: 2 inputs of one owner -> 2 outputs to the next owner.
-    let mut timer = Timer {
-        validate: Duration::ZERO,
-        apply: Duration::ZERO,
-        n_ops: 0,
-    };
+    let mut timer = Timer::default();
     let mut owner_index = 0usize;
     let mut sign_time = Duration::ZERO;
     for _ in 0..N_TRANSFER_BLOCKS {
@@ -311,21 +339,13 @@ fn main() {
         }
         sign_time += sign_started.elapsed();
         let block = next_block(&store, transactions);
-        apply(&mut store, &block, &mut timer);
+        timer.apply(&mut store, &block);
     }
-    let flush_started = Instant::now();
-    store.flush().unwrap();
-    timer.apply += flush_started.elapsed();
+    timer.flush(&mut store);
     println!(
-        "transfers: {} blocks x {TXS_PER_BLOCK} txs, {} ops (built+signed in {sign_time:?}); \
-         validate {:?}, log+apply+flush {:?}: {:.0} ops/s end to end, {:.0} ops/s store only",
-        N_TRANSFER_BLOCKS,
-        timer.n_ops,
-        timer.validate,
-        timer.apply,
-        timer.n_ops as f64 / (timer.validate + timer.apply).as_secs_f64(),
-        timer.n_ops as f64 / timer.apply.as_secs_f64()
+        "transfers: {N_TRANSFER_BLOCKS} blocks x {TXS_PER_BLOCK} txs (built+signed in {sign_time:?})"
     );
+    timer.print("transfers");
 
     // Queries on the flushed store, random owners.
     let owners: Vec<_> = (0..N_QUERIES)

@@ -70,6 +70,17 @@ pub struct ResourceInfo {
     pub consumable: bool,
 }
 
+/// What the flushes of this cache wrote and how long they took (for benchmarks and metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushTotals {
+    /// Flushes completed.
+    pub flushes: u64,
+    /// UTXO records written or deleted by them.
+    pub records: u64,
+    /// Wall time spent in them.
+    pub time: std::time::Duration,
+}
+
 /// The dirty map over the store (see the module docs).
 pub struct CoinsCache {
     store: UtxoStore,
@@ -96,6 +107,7 @@ pub struct CoinsCache {
     pending_undo: VecDeque<UndoRecord>,
     undo_delete: Vec<u64>,
     blocks_since_flush: u64,
+    flush_totals: FlushTotals,
     failed: bool,
     read_error: Mutex<Option<StoreError>>,
 }
@@ -159,6 +171,7 @@ impl CoinsCache {
             pending_undo: VecDeque::new(),
             undo_delete: Vec::new(),
             blocks_since_flush: 0,
+            flush_totals: FlushTotals::default(),
             failed: false,
             read_error: Mutex::new(None),
         })
@@ -198,6 +211,11 @@ impl CoinsCache {
         if self.clean_nonces.len() > limit {
             self.clean_nonces.clear();
         }
+    }
+
+    /// Totals over the flushes since this cache was loaded.
+    pub fn flush_totals(&self) -> FlushTotals {
+        self.flush_totals
     }
 
     /// Whether the flush thresholds are reached.
@@ -833,6 +851,7 @@ impl CoinsCache {
     /// Writes everything dirty, the pending undo records and the tip in one transaction.
     pub fn flush(&mut self) -> Result<()> {
         self.check_usable()?;
+        let started = std::time::Instant::now();
         let mut batch = FlushBatch {
             meta: MetaRecord {
                 tip: self.tip.as_ref().map(TipRecord::from_tip),
@@ -878,8 +897,12 @@ impl CoinsCache {
         // On failure the drained entries are gone: the cache refuses further use and the
         // owner reopens, replaying the log from the last flush.
         self.failed = true;
+        let n_records = batch.utxos.len() as u64;
         self.store.write(batch)?;
         self.failed = false;
+        self.flush_totals.flushes += 1;
+        self.flush_totals.records += n_records;
+        self.flush_totals.time += started.elapsed();
         // The written values are now the flushed store's: keep them for later reads.
         if self.clean_balances.len() + balances.len() > self.clean_limit {
             self.clean_balances.clear();
