@@ -2,6 +2,7 @@
 //! hands over to the libraries. No logic of its own beyond that.
 
 mod config;
+mod nonce;
 mod utxo;
 
 use std::io::Read;
@@ -32,6 +33,9 @@ enum Command {
     /// Generate, import and query a WES extended-UTXO chain store.
     #[command(subcommand)]
     Utxo(utxo::UtxoCommand),
+    /// Run a nonce-manager node (gRPC; several nodes share one store).
+    #[command(subcommand)]
+    Nonce(nonce::NonceCommand),
     /// Measure a Kafka-protocol broker with librdkafka.
     #[cfg(feature = "bench")]
     #[command(subcommand)]
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(run_broker(config, false, "dev"))
         }
         Command::Utxo(command) => utxo::run(command),
+        Command::Nonce(command) => nonce::run(command, &runtime),
     }
 }
 

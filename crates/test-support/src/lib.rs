@@ -6,6 +6,7 @@
 //! [`skip_unless_required`] turns that into a printed skip, or into a failure when
 //! `TAKHIN_REQUIRE_ALL_CLIENTS=1` (CI sets it after `scripts/install-deps`).
 
+pub mod anvil;
 pub mod lease_backend;
 pub mod lease_conformance;
 pub mod postgres;

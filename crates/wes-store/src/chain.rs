@@ -137,13 +137,28 @@ impl ChainStore {
         self.cache.validate(block)
     }
 
-    /// Logs and applies a block validated on the current tip by
-    /// [`ChainStore::validate_block`] (the tip must not have moved since).
-    pub fn apply_validated(
-        &mut self,
-        block: &pb::Block,
-        effects: BlockEffects,
-    ) -> Result<BlockHash> {
+    /// [`ChainStore::apply_block`] with the log append left unsynced: call
+    /// [`ChainStore::sync_log`] before acknowledging the batch. A flush syncs the log first,
+    /// so the flushed state never runs ahead of the durable log. For a batch of blocks whose
+    /// source of truth is elsewhere (the UTXO client's repository), one fsync per batch.
+    pub fn apply_block_deferred(&mut self, block: &pb::Block) -> Result<BlockHash> {
+        let effects = self.cache.validate(block)?;
+        self.check_on_tip(&effects)?;
+        self.repository.append_deferred(block)?;
+        let hash = self.cache.apply(block, effects)?;
+        if self.cache.should_flush() {
+            self.repository.sync()?;
+            self.cache.flush()?;
+        }
+        Ok(hash)
+    }
+
+    /// Makes the deferred log appends durable.
+    pub fn sync_log(&self) -> Result<()> {
+        self.repository.sync()
+    }
+
+    fn check_on_tip(&self, effects: &BlockEffects) -> Result<()> {
         let tip_hash = self.tip().map_or([0u8; 32], |tip| tip.hash.0);
         if effects.header.parent_hash[..] != tip_hash[..] {
             return Err(StoreError::NotOnTip {
@@ -151,6 +166,17 @@ impl ChainStore {
                 expected: "effects validated on the current tip".to_string(),
             });
         }
+        Ok(())
+    }
+
+    /// Logs and applies a block validated on the current tip by
+    /// [`ChainStore::validate_block`] (the tip must not have moved since).
+    pub fn apply_validated(
+        &mut self,
+        block: &pb::Block,
+        effects: BlockEffects,
+    ) -> Result<BlockHash> {
+        self.check_on_tip(&effects)?;
         self.repository.append(block)?;
         let hash = self.cache.apply(block, effects)?;
         if self.cache.should_flush() {

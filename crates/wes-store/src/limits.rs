@@ -11,7 +11,11 @@ pub const CLEAN_ENTRIES_MAX: usize = 1_000_000;
 /// How the coins cache flushes and what it keeps hot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreConfig {
-    /// Flush after this many applied (or rolled back) blocks since the last flush.
+    /// Flush after this many applied (or rolled back) blocks since the last flush. Bounds
+    /// the replay after a crash: 50,000 small blocks replay in well under a second (the
+    /// pipeline benchmark applies ~100k/s), while every flush costs a redb commit (two
+    /// fsyncs and the touched pages), so flushing every 1,000 small blocks spent most of
+    /// the time committing.
     pub flush_every_blocks: u64,
     /// Flush when this many UTXO entries are dirty (bounds memory and replay length).
     pub flush_max_dirty: usize,
@@ -26,7 +30,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            flush_every_blocks: 1_000,
+            flush_every_blocks: 50_000,
             flush_max_dirty: 500_000,
             sync_repository: true,
             hot_output_max_bytes: 1_024,

@@ -213,6 +213,24 @@ impl BlockRepository {
 
     /// Appends `block`, which must extend the tip; durable on return when `sync` is set.
     pub fn append(&self, block: &pb::Block) -> Result<BlockHash> {
+        self.append_with(block, self.sync)
+    }
+
+    /// Appends `block` without waiting for the disk; [`BlockRepository::sync`] makes it
+    /// (and every earlier deferred append) durable. One fsync for a batch of blocks.
+    pub fn append_deferred(&self, block: &pb::Block) -> Result<BlockHash> {
+        self.append_with(block, false)
+    }
+
+    /// Makes every append so far durable (when the repository syncs at all).
+    pub fn sync(&self) -> Result<()> {
+        if self.sync {
+            self.writer.lock().map_err(|_| poisoned())?.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn append_with(&self, block: &pb::Block, sync: bool) -> Result<BlockHash> {
         let header = block.header.as_ref().ok_or_else(|| StoreError::NotOnTip {
             height: 0,
             expected: "a block with a header".to_string(),
@@ -244,7 +262,7 @@ impl BlockRepository {
         record.extend_from_slice(&hash.0);
         record.extend_from_slice(&payload);
         writer.write_all(&record)?;
-        if self.sync {
+        if sync {
             writer.sync_data()?;
         }
         let mut index = self.index.write().map_err(|_| poisoned())?;

@@ -1,7 +1,9 @@
 //! Notification pipeline benchmark: small (coinbase-only) blocks, generated and appended to
 //! the repository up front, then notified one by one; timed until the in-memory UTXO system
 //! has applied the last one (queue -> batch processor -> repository read -> breaker + retry
-//! -> `UtxoState::apply_block`). Also the queue alone (notify -> receive, no apply).
+//! -> `UtxoState::apply_block`), then the same into the durable `StoreSystem` (wes-store:
+//! its own block log, one fsync per batch, coins cache, redb flushes). Also the queue alone
+//! (notify -> receive, no apply).
 //!
 //! Run: `cargo run --release -p wes-utxo-client --example pipeline [n_blocks]`
 #![allow(clippy::unwrap_used)]
@@ -10,15 +12,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
-use wes_store::BlockRepository;
+use wes_store::{BlockRepository, ChainStore, StoreConfig};
 use wes_utxo::gen::{self, ChainGenerator};
 use wes_utxo::locking::build;
 use wes_utxo::model::Address;
 use wes_utxo::validate::ChainTip;
 use wes_utxo::{model, pb, ChainParams, UtxoState};
 use wes_utxo_client::{
-    ClientConfig, MemorySystem, Notifier, Stats, SystemError, Tip, UtxoClient, UtxoClientService,
-    UtxoSystem,
+    ClientConfig, MemorySystem, Notifier, Stats, StoreSystem, SystemError, Tip, UtxoClient,
+    UtxoClientService, UtxoSystem,
 };
 
 fn blocks(n: usize) -> Vec<pb::Block> {
@@ -158,8 +160,21 @@ async fn pipeline(n: usize, null: bool) {
     );
     drop(baseline);
     let system = Arc::new(MemorySystem::new(UtxoState::new(ChainParams::default())));
-    run(n, blocks, system, |system| {
+    run(n, blocks.clone(), system, |system| {
         system.with_state(|state| state.tip().map_or(0, |tip| tip.height + 1))
+    })
+    .await;
+    // The durable system: its own block log (one fsync per batch) and the redb store.
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = ChainStore::open(
+        store_dir.path(),
+        ChainParams::default(),
+        StoreConfig::default(),
+    )
+    .unwrap();
+    let system = Arc::new(StoreSystem::new(store));
+    run(n, blocks, system, |system| {
+        system.with_store(|store| store.tip().map_or(0, |tip| tip.height + 1))
     })
     .await;
 }

@@ -264,10 +264,16 @@ impl UtxoSystem for StoreSystem {
                 })? {
                     Step::Skip => {}
                     Step::Apply => {
-                        store.apply_block(block).map_err(store_error)?;
+                        if let Err(error) = store.apply_block_deferred(block) {
+                            store.sync_log().map_err(store_error)?;
+                            return Err(store_error(error));
+                        }
                     }
                 }
             }
+            // One fsync for the batch. Not needed for safety (the client's repository is the
+            // source of truth and a lost tail is replayed), but an acknowledged tip stays.
+            store.sync_log().map_err(store_error)?;
             Ok(store_tip(store))
         })
         .await

@@ -1,0 +1,493 @@
+//! The nonce manager's multi-node acceptance test: three `takhin nonce serve` processes
+//! share one signer and one store (SQLite file, then PostgreSQL) against a real anvil
+//! (1 s blocks, 300M gas limit). SubmitTransaction requests are spread over the nodes,
+//! every tenth request id is sent twice at once to two different nodes, and the lease
+//! holder is killed with SIGKILL part-way. Checked: another node takes the signer within
+//! the lease TTL plus one tick; a write with the dead holder's fencing token is refused
+//! and leaves nothing behind; retried ids got the same nonce and hash; the nonces are
+//! exactly 0..N; the chain's nonce for the signer reaches N with every hash mined; every
+//! record ends Confirmed; /metrics serves the nonce_manager_* and nonce_server_* series.
+//!
+//! Needs anvil (`npm install --prefix tests/evm --ignore-scripts`) and, for the PostgreSQL
+//! run, PostgreSQL 14+; skipped when missing unless TAKHIN_REQUIRE_ALL_CLIENTS=1.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy_primitives::{Address, B256};
+use ledger_lease::{FencingToken, SystemClock};
+use nonce_manager::alloy_chain::AlloyChainClient;
+use nonce_manager::chain::ChainClient;
+use nonce_manager::store::postgres::PostgresNonceStore;
+use nonce_manager::store::sqlite::SqliteNonceStore;
+use nonce_manager::store::{NewAllocation, NonceStore};
+use nonce_manager::{RequestId, TxPayload};
+use nonce_server::proto::nonce_manager_client::NonceManagerClient;
+use nonce_server::proto::{GetSignerViewRequest, GetSignerViewResponse, SubmitTransactionRequest};
+use test_support::anvil::{Anvil, DEV_KEY_0};
+use test_support::postgres::PostgresServer;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+const NODES: usize = 3;
+const LEASE_TTL: Duration = Duration::from_secs(3);
+/// The node's ownership tick (a quarter of the TTL).
+const TICK: Duration = Duration::from_millis(750);
+const CONCURRENCY: usize = 64;
+/// Fraction of responses after which the holder is killed.
+const KILL_AT_PERCENT: u64 = 40;
+const SIGNER: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
+
+struct NodeProcess {
+    node_id: String,
+    child: Child,
+    grpc: String,
+    metrics: String,
+    log: PathBuf,
+    _stdin: Option<std::process::ChildStdin>,
+}
+
+impl NodeProcess {
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_node(index: usize, store: &str, rpc_url: &str, dir: &Path) -> NodeProcess {
+    let node_id = format!("node-{index}");
+    let log = dir.join(format!("{node_id}.log"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_takhin"))
+        .args(["nonce", "serve", "--node-id", &node_id])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--store", store, "--rpc-url", rpc_url])
+        .args(["--confirmations", "1", "--finality-poll-ms", "250"])
+        .args(["--lease-ttl-ms", &LEASE_TTL.as_millis().to_string()])
+        .arg("--exit-on-stdin-eof")
+        .env("TAKHIN_NONCE_KEYS", DEV_KEY_0)
+        .env("TAKHIN_LOG", "warn,nonce_server=info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|part| part.strip_prefix(name))
+            .map(str::to_owned)
+    };
+    let (Some(grpc), Some(metrics)) = (field("grpc="), field("metrics=")) else {
+        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+        panic!("{node_id} did not start: {line:?}\n{log_text}");
+    };
+    NodeProcess {
+        node_id,
+        _stdin: child.stdin.take(),
+        child,
+        grpc,
+        metrics,
+        log,
+    }
+}
+
+fn client(address: &str) -> NonceManagerClient<Channel> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30));
+    NonceManagerClient::new(endpoint.connect_lazy())
+}
+
+async fn view(client: &NonceManagerClient<Channel>) -> Option<GetSignerViewResponse> {
+    let mut client = client.clone();
+    client
+        .get_signer_view(GetSignerViewRequest {
+            signer: SIGNER.to_owned(),
+        })
+        .await
+        .ok()
+        .map(|response| response.into_inner())
+}
+
+fn scrape(url: &str) -> String {
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// What a request id got.
+type Outcome = (u64, String);
+
+async fn submit_until_done(
+    clients: Arc<Vec<NonceManagerClient<Channel>>>,
+    n: u64,
+    first_node: usize,
+    max_fee: u64,
+) -> Outcome {
+    let request = SubmitTransactionRequest {
+        request_id: format!("tx-{n}"),
+        signer: SIGNER.to_owned(),
+        to: "0x7070707070707070707070707070707070707070".to_owned(),
+        value: (n + 1).to_string(),
+        data: String::new(),
+        gas_limit: 21_000,
+        max_fee_per_gas: max_fee,
+        max_priority_fee_per_gas: 1_000_000_000,
+    };
+    let deadline = Instant::now() + Duration::from_secs(240);
+    for attempt in 0..2000usize {
+        let mut client = clients[(first_node + attempt) % clients.len()].clone();
+        match client.submit_transaction(request.clone()).await {
+            Ok(response) => {
+                let record = response.into_inner().transaction.unwrap();
+                assert_eq!(record.request_id, request.request_id);
+                return (record.nonce, record.tx_hash);
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::Unavailable
+                        | Code::DeadlineExceeded
+                        | Code::Aborted
+                        | Code::Cancelled
+                        | Code::Unknown
+                ) =>
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "tx-{n}: still failing after {attempt} attempts: {status}"
+                );
+                let backoff = 20 * (attempt as u64 + 1).min(10);
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
+            }
+            Err(status) => panic!("tx-{n}: {status}"),
+        }
+    }
+    panic!("tx-{n}: too many attempts");
+}
+
+enum Backend {
+    Sqlite(PathBuf),
+    Postgres(PostgresServer),
+}
+
+impl Backend {
+    fn location(&self) -> String {
+        match self {
+            Backend::Sqlite(path) => path.display().to_string(),
+            Backend::Postgres(server) => server.url().to_owned(),
+        }
+    }
+
+    async fn store(&self) -> Arc<dyn NonceStore> {
+        match self {
+            Backend::Sqlite(path) => Arc::new(
+                SqliteNonceStore::connect(path, Arc::new(SystemClock))
+                    .await
+                    .unwrap()
+                    .0,
+            ),
+            Backend::Postgres(server) => Arc::new(
+                PostgresNonceStore::connect(server.url(), Arc::new(SystemClock))
+                    .await
+                    .unwrap()
+                    .0,
+            ),
+        }
+    }
+}
+
+async fn run_cluster(backend: Backend, transactions: u64) {
+    let Some(anvil) = test_support::skip_unless_required(
+        "nonce_cluster",
+        Anvil::start(&["--block-time", "1", "--gas-limit", "300000000"]),
+    ) else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let chain = AlloyChainClient::new(anvil.url()).unwrap();
+    let signer = Address::from_str(SIGNER).unwrap();
+    let base_fee = chain.base_fee().await.unwrap().unwrap_or(1_000_000_000);
+    let max_fee = u64::try_from(base_fee * 4 + 2_000_000_000).unwrap();
+
+    let mut nodes: Vec<Option<NodeProcess>> = (0..NODES)
+        .map(|index| {
+            Some(spawn_node(
+                index,
+                &backend.location(),
+                anvil.url(),
+                dir.path(),
+            ))
+        })
+        .collect();
+    let clients: Arc<Vec<_>> = Arc::new(
+        nodes
+            .iter()
+            .map(|node| client(&node.as_ref().unwrap().grpc))
+            .collect(),
+    );
+    // Wait until one node holds the signer.
+    let deadline = Instant::now() + LEASE_TTL * 4;
+    let first_view = loop {
+        if let Some(view) = view(&clients[0])
+            .await
+            .filter(|v| !v.lease_holder.is_empty())
+        {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "no node took the signer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "holder {} (token {:?}) after {:?}",
+        first_view.lease_holder,
+        first_view.fencing_token,
+        started.elapsed()
+    );
+
+    // Every id once; every tenth id a second time at once, through another node.
+    let mut calls: Vec<(u64, usize)> = Vec::new();
+    for n in 0..transactions {
+        calls.push((n, n as usize % NODES));
+        if n % 10 == 0 {
+            calls.push((n, (n as usize + 1) % NODES));
+        }
+    }
+    let total_calls = calls.len() as u64;
+    let done = Arc::new(AtomicU64::new(0));
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let load_started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, first_node) in calls {
+        let (clients, done, semaphore) = (clients.clone(), done.clone(), semaphore.clone());
+        tasks.spawn(async move {
+            let _permit = semaphore.acquire_owned().await.unwrap();
+            let outcome = submit_until_done(clients, n, first_node, max_fee).await;
+            done.fetch_add(1, Ordering::SeqCst);
+            (n, outcome)
+        });
+    }
+
+    // Kill the holder part-way.
+    let kill_deadline = Instant::now() + Duration::from_secs(240);
+    while done.load(Ordering::SeqCst) < total_calls * KILL_AT_PERCENT / 100 {
+        assert!(
+            Instant::now() < kill_deadline,
+            "load stalled before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = view(&clients[0]).await.unwrap();
+    let victim = nodes
+        .iter()
+        .position(|node| node.as_ref().unwrap().node_id == before.lease_holder)
+        .unwrap_or_else(|| panic!("holder {:?} is not one of ours", before.lease_holder));
+    let old_token = FencingToken::new(before.fencing_token.unwrap());
+    let mut killed = nodes[victim].take().unwrap();
+    killed.child.kill().unwrap(); // SIGKILL
+    killed.child.wait().unwrap();
+    let killed_at = Instant::now();
+    eprintln!(
+        "killed {} (token {old_token}) after {} of {total_calls} calls",
+        killed.node_id,
+        done.load(Ordering::SeqCst)
+    );
+    let survivor = &clients[(victim + 1) % NODES];
+    let takeover = loop {
+        if let Some(view) = view(survivor).await {
+            if !view.lease_holder.is_empty() && view.lease_holder != killed.node_id {
+                break (view, killed_at.elapsed());
+            }
+        }
+        assert!(
+            killed_at.elapsed() < LEASE_TTL * 3,
+            "no takeover within {:?}",
+            LEASE_TTL * 3
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "{} took over after {:?} (token {:?})",
+        takeover.0.lease_holder, takeover.1, takeover.0.fencing_token
+    );
+    // Lease expiry (TTL after the last renewal) plus one membership tick, plus scheduling.
+    assert!(
+        takeover.1 <= LEASE_TTL + TICK * 2,
+        "takeover took {:?}",
+        takeover.1
+    );
+    assert!(takeover.0.fencing_token.unwrap() > old_token.get());
+
+    // The dead holder's late write: a fenced allocation with its token is refused whole.
+    let store = backend.store().await;
+    let late = RequestId::new("late-write-of-the-old-holder").unwrap();
+    let refused = store
+        .commit_allocations(
+            signer,
+            old_token,
+            0,
+            &[NewAllocation {
+                request_id: late.clone(),
+                payload: TxPayload {
+                    to: signer,
+                    value: Default::default(),
+                    data: Default::default(),
+                    gas_limit: 21_000,
+                    max_fee_per_gas: 1,
+                    max_priority_fee_per_gas: 1,
+                },
+            }],
+        )
+        .await
+        .expect_err("a stale token must be refused");
+    assert!(refused.is_fenced(), "{refused}");
+    assert!(store.transaction(&late).await.unwrap().is_none());
+
+    let mut outcomes: BTreeMap<u64, Outcome> = BTreeMap::new();
+    while let Some(result) = tasks.join_next().await {
+        let (n, outcome) = result.unwrap();
+        if let Some(first) = outcomes.insert(n, outcome.clone()) {
+            assert_eq!(
+                first, outcome,
+                "a retry of tx-{n} got another nonce or hash"
+            );
+        }
+    }
+    let load_time = load_started.elapsed();
+    eprintln!(
+        "{total_calls} calls ({transactions} ids) answered in {load_time:?} ({:.0} calls/s)",
+        total_calls as f64 / load_time.as_secs_f64()
+    );
+    let nonces: BTreeSet<u64> = outcomes.values().map(|(nonce, _)| *nonce).collect();
+    assert_eq!(nonces.len() as u64, transactions, "a nonce was given twice");
+    assert_eq!(
+        nonces,
+        (0..transactions).collect::<BTreeSet<u64>>(),
+        "nonces have a gap"
+    );
+
+    // On chain: the signer's nonce reaches N, and every one of our hashes is mined.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while chain.latest_nonce(signer).await.unwrap() < transactions {
+        assert!(Instant::now() < deadline, "not everything was mined");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(chain.latest_nonce(signer).await.unwrap(), transactions);
+    let hashes: Vec<B256> = outcomes
+        .values()
+        .map(|(_, hash)| B256::from_str(hash).unwrap())
+        .collect();
+    let chain = Arc::new(chain);
+    let mut receipts = tokio::task::JoinSet::new();
+    for chunk in hashes.chunks(hashes.len().div_ceil(16)) {
+        let (chain, chunk) = (chain.clone(), chunk.to_vec());
+        receipts.spawn(async move {
+            for hash in chunk {
+                let receipt = chain.receipt(hash).await.unwrap();
+                assert!(receipt.is_some_and(|r| r.success), "{hash} not mined");
+            }
+        });
+    }
+    while let Some(result) = receipts.join_next().await {
+        result.unwrap();
+    }
+
+    // In the store: every record final.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let final_view = loop {
+        let view = view(survivor).await.unwrap();
+        if view.in_flight == 0 {
+            break view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records still in flight: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(final_view.last_confirmed_nonce, Some(transactions - 1));
+    assert_eq!(final_view.next_nonce, transactions);
+
+    let survivor_node = nodes[(victim + 1) % NODES].as_ref().unwrap();
+    let metrics = scrape(&survivor_node.metrics);
+    for series in [
+        "nonce_manager_allocator_tenures_total",
+        "nonce_server_requests_total",
+        "nonce_server_signers_held",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from /metrics; node log:\n{}",
+            survivor_node.log_tail()
+        );
+    }
+    eprintln!("cluster run done in {:?}", started.elapsed());
+}
+
+fn sqlite() -> (Backend, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (Backend::Sqlite(dir.path().join("nonce.sqlite")), dir)
+}
+
+fn postgres(test: &str) -> Option<Backend> {
+    test_support::skip_unless_required(test, PostgresServer::start()).map(Backend::Postgres)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_sqlite_kill_holder() {
+    let (backend, _dir) = sqlite();
+    run_cluster(backend, 2_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_postgres_kill_holder() {
+    let Some(backend) = postgres("three_nodes_postgres_kill_holder") else {
+        return;
+    };
+    run_cluster(backend, 2_000).await;
+}
+
+/// The full-size run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "10,000 transactions: run with --run-ignored"]
+async fn three_nodes_sqlite_kill_holder_10000() {
+    let (backend, _dir) = sqlite();
+    run_cluster(backend, 10_000).await;
+}
+
+/// The full-size run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "10,000 transactions: run with --run-ignored"]
+async fn three_nodes_postgres_kill_holder_10000() {
+    let Some(backend) = postgres("three_nodes_postgres_kill_holder_10000") else {
+        return;
+    };
+    run_cluster(backend, 10_000).await;
+}
