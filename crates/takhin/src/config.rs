@@ -117,13 +117,18 @@ pub fn broker_config(args: &BrokerArgs) -> anyhow::Result<BrokerConfig> {
     Ok(config)
 }
 
-pub fn dev_config(args: &DevArgs) -> anyhow::Result<BrokerConfig> {
-    let data_dir = match &args.data_dir {
-        Some(dir) => dir.clone(),
-        None => dirs::data_dir()
+/// The root of `takhin dev`'s data: the broker's and the services' directories are in it.
+pub fn dev_data_dir(args: &DevArgs) -> anyhow::Result<PathBuf> {
+    match &args.data_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => Ok(dirs::data_dir()
             .context("no user data directory on this system; pass --data-dir")?
-            .join("takhin"),
-    };
+            .join("takhin")),
+    }
+}
+
+pub fn dev_config(args: &DevArgs) -> anyhow::Result<BrokerConfig> {
+    let data_dir = dev_data_dir(args)?;
     broker_config(&BrokerArgs {
         data_dir: Some(data_dir.join("broker")),
         ..BrokerArgs::default()

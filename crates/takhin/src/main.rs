@@ -75,9 +75,15 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Consume(args)) => takhin_bench::consume(&args),
         Command::Dev(args) => {
             let config = config::dev_config(&args)?;
-            runtime.block_on(run_broker(config, false, "dev"))
+            let utxo_dir = config::dev_data_dir(&args)?.join("utxo");
+            runtime.block_on(async {
+                let utxo = utxo::start_dev(utxo_dir).await?;
+                let result = run_broker(config, false, "dev").await;
+                utxo.shutdown().await.context("stopping the utxo server")?;
+                result
+            })
         }
-        Command::Utxo(command) => utxo::run(command),
+        Command::Utxo(command) => utxo::run(command, &runtime),
         Command::Nonce(command) => nonce::run(command, &runtime),
     }
 }

@@ -1,19 +1,22 @@
 //! `takhin utxo ...`: generate a synthetic WES chain, import it into the durable chain
-//! store and query the state. The chain rules live in `wes_utxo`, storage in `wes_store`;
-//! this module only parses arguments, moves bytes between files and prints results.
+//! store, query the state, and serve it over gRPC (`serve`, `bench-query`). The chain rules
+//! live in `wes_utxo`, storage in `wes_store`, the server in `wes_server`; this module only
+//! parses arguments, moves bytes between files and prints results.
 //!
 //! Chain file format: a sequence of records, each a `u32` big-endian length followed by
 //! that many bytes of a protobuf-encoded `wes.v1.Block`.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use prost::Message;
 use serde_json::{json, Value};
+use wes_server::ServerConfig;
 use wes_store::{ChainStore, ResourceInfo, StoreConfig};
 use wes_utxo::gen::ChainGenerator;
 use wes_utxo::model::{self, Address, OutPointKey};
@@ -36,6 +39,30 @@ pub enum UtxoCommand {
     Nonce(AddressArgs),
     /// Print the chain store's tip and what the last open recovered, as JSON.
     Status(StoreArgs),
+    /// Serve the chain state over gRPC (wes.v1.UtxoService) with Prometheus /metrics.
+    Serve(ServeArgs),
+}
+
+/// `takhin utxo serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// gRPC listener.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Prometheus /metrics listener.
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    pub metrics_addr: SocketAddr,
+    /// Do not serve /metrics.
+    #[arg(long)]
+    pub no_metrics: bool,
+    /// Exit when standard input closes (for test harnesses).
+    #[arg(long)]
+    pub exit_on_stdin_eof: bool,
+    /// Test hook: delay every apply of the UTXO system by this many milliseconds.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub apply_delay_ms: u64,
 }
 
 /// Where the chain store lives.
@@ -118,9 +145,10 @@ impl From<Category> for pb::UtxoCategory {
     }
 }
 
-/// Runs one `takhin utxo` subcommand.
-pub fn run(command: UtxoCommand) -> anyhow::Result<()> {
+/// Runs one `takhin utxo` subcommand (`runtime` serves the async ones).
+pub fn run(command: UtxoCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     match command {
+        UtxoCommand::Serve(args) => runtime.block_on(serve(args)),
         UtxoCommand::Gen(args) => generate(&args),
         UtxoCommand::Import(args) => import(&args),
         UtxoCommand::Balance(args) => {
@@ -188,6 +216,41 @@ pub fn run(command: UtxoCommand) -> anyhow::Result<()> {
             }))
         }
     }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = ServerConfig::new(data_dir(&args.store)?, args.grpc_addr);
+    config.metrics_addr = (!args.no_metrics).then_some(args.metrics_addr);
+    config.apply_delay = Duration::from_millis(args.apply_delay_ms);
+    let data = config.data_dir.clone();
+    let running = wes_server::serve(config)
+        .await
+        .with_context(|| format!("starting the utxo server on {}", data.display()))?;
+    println!(
+        "takhin utxo serve listening grpc={} metrics={} data={}",
+        running.grpc_addr,
+        running
+            .metrics_addr
+            .map_or("off".to_owned(), |addr| format!("http://{addr}/metrics")),
+        data.display()
+    );
+    crate::wait_for_stop(args.exit_on_stdin_eof).await;
+    running.shutdown().await.context("stopping the utxo server")
+}
+
+/// Starts the utxo server of `takhin dev` (data in `dir`, gRPC on the default port, metrics
+/// through the broker's recorder) and prints its line of the banner.
+pub async fn start_dev(dir: PathBuf) -> anyhow::Result<wes_server::Running> {
+    let config = ServerConfig::new(dir.clone(), "127.0.0.1:50051".parse()?);
+    let running = wes_server::serve(config)
+        .await
+        .with_context(|| format!("starting the utxo server on {}", dir.display()))?;
+    println!(
+        "  utxo: grpc={} (wes.v1.UtxoService; metrics on the broker's /metrics) data={}",
+        running.grpc_addr,
+        dir.display()
+    );
+    Ok(running)
 }
 
 fn generate(args: &GenArgs) -> anyhow::Result<()> {
