@@ -1,11 +1,14 @@
 //! Per-signer nonce allocation while this node holds the signer's lease.
 //!
-//! `allocate` first looks the request id up (a retry gets its stored nonce, no lease
-//! needed); otherwise it queues the request for the signer's batch writer. The writer takes
-//! the first queued request, gathers more for up to [`AllocatorConfig::batch_window`] or
-//! [`AllocatorConfig::batch_max`] requests, and commits them all in ONE fenced transaction
-//! ([`NonceStore::commit_allocations`]) from `max(chain pending nonce, cached next nonce,
-//! stored next nonce)`, then answers each caller. One writer per signer per node, and one
+//! `allocate` queues the request for the signer's batch writer (with a cache, a cached
+//! committed allocation answers a retry first). The writer is a group commit: it takes
+//! every queued request (up to [`AllocatorConfig::batch_max`]), waits for more only until
+//! the oldest has waited [`AllocatorConfig::batch_window`] (under load the previous commit
+//! already took longer, so it does not wait at all), and commits them in ONE fenced
+//! transaction ([`NonceStore::commit_allocations`], a constant number of statements) from
+//! `max(chain pending nonce, cached next nonce, stored next nonce)`, then answers each
+//! caller. A request id already stored comes back from that transaction as `existing`; when
+//! the writer has stopped, a retry is still answered from the store (no lease needed). One writer per signer per node, and one
 //! node per signer through the lease, so nonces are gapless and duplicate-free; the
 //! `UNIQUE (signer, nonce)` constraint backs that up.
 //!
@@ -19,14 +22,15 @@ use std::time::Duration;
 
 use alloy_primitives::Address;
 use ledger_lease::{FencingToken, LeaseState};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::cache::{payload_digest, CachedAllocation, NonceCache};
 use crate::chain::ChainClient;
 use crate::error::{AllocateError, InvalidArgument};
 use crate::limits;
-use crate::store::{Allocation, NewAllocation, NonceStore};
+use crate::store::{Allocation, AllocationBatch, NewAllocation, NonceStore};
 use crate::types::{signer_resource, RequestId, TxPayload};
 
 /// How the batch writer batches.
@@ -72,6 +76,7 @@ impl AllocatorConfig {
 
 struct Job {
     request: NewAllocation,
+    queued_at: Instant,
     reply: oneshot::Sender<Result<Allocation, AllocateError>>,
 }
 
@@ -84,6 +89,7 @@ pub struct Allocator {
     lease: watch::Receiver<LeaseState>,
     stopped: Arc<AtomicBool>,
     refresh: Arc<AtomicBool>,
+    cache: Option<Arc<dyn NonceCache>>,
     task: JoinHandle<()>,
 }
 
@@ -102,6 +108,20 @@ impl Allocator {
         signer: Address,
         lease: watch::Receiver<LeaseState>,
         config: AllocatorConfig,
+    ) -> Result<Self, InvalidArgument> {
+        Self::start_with_cache(store, chain, signer, lease, config, None)
+    }
+
+    /// [`Allocator::start`] with an optional cache ([`crate::cache`]) in front of the store:
+    /// retries are answered from it when it holds their committed allocation, and every
+    /// committed batch is written to it (in the background, best effort).
+    pub fn start_with_cache(
+        store: Arc<dyn NonceStore>,
+        chain: Arc<dyn ChainClient>,
+        signer: Address,
+        lease: watch::Receiver<LeaseState>,
+        config: AllocatorConfig,
+        cache: Option<Arc<dyn NonceCache>>,
     ) -> Result<Self, InvalidArgument> {
         config.validate()?;
         if let LeaseState::Held(held) = &*lease.borrow() {
@@ -124,6 +144,8 @@ impl Allocator {
             lease: lease.clone(),
             config,
             stopped: Arc::clone(&stopped),
+            cache: cache.clone(),
+            cache_writes: Arc::new(Semaphore::new(limits::CACHE_WRITES_IN_FLIGHT_MAX)),
         };
         let task = tokio::spawn(writer.run(queue));
         Ok(Self {
@@ -133,6 +155,7 @@ impl Allocator {
             lease,
             stopped,
             refresh,
+            cache,
             task,
         })
     }
@@ -175,8 +198,19 @@ impl Allocator {
         request_id: RequestId,
         payload: TxPayload,
     ) -> Result<Allocation, AllocateError> {
-        if let Some(stored) = self.stored(&request_id, &payload).await? {
-            return Ok(stored);
+        if let Some(cache) = &self.cache {
+            if let Some(cached) = cache.allocation(&request_id).await {
+                // Only a full match answers; anything else is decided by the store.
+                if cached.signer == self.signer && cached.payload_digest == payload_digest(&payload)
+                {
+                    return Ok(Allocation {
+                        request_id,
+                        signer: cached.signer,
+                        nonce: cached.nonce,
+                        existing: true,
+                    });
+                }
+            }
         }
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -184,16 +218,28 @@ impl Allocator {
                 request_id: request_id.clone(),
                 payload: payload.clone(),
             },
+            queued_at: Instant::now(),
             reply,
         };
-        if self.jobs.send(job).await.is_err() {
-            return Err(AllocateError::LeaseLost(self.signer));
-        }
-        let allocation = answer
-            .await
-            .map_err(|_| AllocateError::LeaseLost(self.signer))??;
+        let answered = match self.jobs.send(job).await {
+            Ok(()) => answer
+                .await
+                .unwrap_or(Err(AllocateError::LeaseLost(self.signer))),
+            Err(_closed) => Err(AllocateError::LeaseLost(self.signer)),
+        };
+        let allocation = match answered {
+            Ok(allocation) => allocation,
+            Err(AllocateError::LeaseLost(signer)) => {
+                // Not the holder (any more): a retry is still answered from the store.
+                return match self.stored(&request_id, &payload).await? {
+                    Some(stored) => Ok(stored),
+                    None => Err(AllocateError::LeaseLost(signer)),
+                };
+            }
+            Err(error) => return Err(error),
+        };
         if allocation.existing {
-            // A retry raced its first attempt into a batch: check it asked for the same.
+            // A retry (or a repeat in the same batch): check it asked for the same.
             if let Some(stored) = self.stored(&request_id, &payload).await? {
                 return Ok(stored);
             }
@@ -202,6 +248,11 @@ impl Allocator {
             return Err(AllocateError::RequestConflict(request_id));
         }
         Ok(allocation)
+    }
+
+    /// The cache this allocator uses, if any.
+    pub fn cache(&self) -> Option<&Arc<dyn NonceCache>> {
+        self.cache.as_ref()
     }
 
     /// The stored allocation of `request_id`, checked against this signer and `payload`.
@@ -239,6 +290,8 @@ struct BatchWriter {
     config: AllocatorConfig,
     stopped: Arc<AtomicBool>,
     refresh: Arc<AtomicBool>,
+    cache: Option<Arc<dyn NonceCache>>,
+    cache_writes: Arc<Semaphore>,
 }
 
 /// What the writer knows across batches of one tenure.
@@ -302,16 +355,26 @@ impl BatchWriter {
         }
     }
 
-    /// The first job plus whatever arrives within the batch window, up to `batch_max`.
+    /// The first job plus every job already queued, then whatever arrives until the first
+    /// has waited the batch window; at most `batch_max`. Under load the first job queued
+    /// during the previous commit, so the window has passed and nothing waits.
     async fn gather(&self, first: Job, queue: &mut mpsc::Receiver<Job>) -> Vec<Job> {
-        let mut batch = vec![first];
-        let deadline = Instant::now() + self.config.batch_window;
+        let deadline = first.queued_at + self.config.batch_window;
+        let mut batch = Vec::with_capacity(self.config.batch_max);
+        batch.push(first);
+        while batch.len() < self.config.batch_max {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
         while batch.len() < self.config.batch_max {
             match tokio::time::timeout_at(deadline, queue.recv()).await {
                 Ok(Some(job)) => batch.push(job),
                 Ok(None) | Err(_) => break,
             }
         }
+        metrics::histogram!("nonce_manager_allocation_batch_size").record(batch.len() as f64);
         batch
     }
 
@@ -351,10 +414,12 @@ impl BatchWriter {
         }
         let chain_pending = tenure.chain_pending.map_or(0, |(pending, _)| pending);
         let floor = chain_pending.max(tenure.cached_next.unwrap_or(0));
-        let (requests, replies): (Vec<NewAllocation>, Vec<_>) = batch
-            .into_iter()
-            .map(|job| (job.request, job.reply))
-            .unzip();
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch {
+            requests.push(job.request);
+            replies.push(job.reply);
+        }
         match self
             .store
             .commit_allocations(self.signer, tenure.token, floor, &requests)
@@ -364,6 +429,7 @@ impl BatchWriter {
                 debug_assert_eq!(committed.allocations.len(), replies.len());
                 debug_assert!(committed.next_nonce >= floor);
                 tenure.cached_next = Some(committed.next_nonce);
+                self.write_cache(&requests, &committed);
                 for (allocation, reply) in committed.allocations.into_iter().zip(replies) {
                     let _ = reply.send(Ok(allocation));
                 }
@@ -389,6 +455,41 @@ impl BatchWriter {
                 Some(tenure)
             }
         }
+    }
+}
+
+impl BatchWriter {
+    /// Writes a committed batch's new allocations to the cache in the background; skipped
+    /// when the cache is slow enough that earlier writes are still in flight.
+    fn write_cache(&self, requests: &[NewAllocation], committed: &AllocationBatch) {
+        let Some(cache) = &self.cache else { return };
+        if committed.allocations.iter().all(|allocation| allocation.existing) {
+            return;
+        }
+        let Ok(permit) = Arc::clone(&self.cache_writes).try_acquire_owned() else {
+            metrics::counter!("nonce_manager_cache_writes_skipped_total").increment(1);
+            return;
+        };
+        let entries: Vec<(RequestId, CachedAllocation)> = requests
+            .iter()
+            .zip(&committed.allocations)
+            .filter(|(_, allocation)| !allocation.existing)
+            .map(|(request, allocation)| {
+                let entry = CachedAllocation {
+                    signer: allocation.signer,
+                    nonce: allocation.nonce,
+                    payload_digest: payload_digest(&request.payload),
+                };
+                (allocation.request_id.clone(), entry)
+            })
+            .collect();
+        let cache = Arc::clone(cache);
+        let signer = self.signer;
+        let next_nonce = committed.next_nonce;
+        tokio::spawn(async move {
+            let _permit = permit;
+            cache.put_committed(signer, &entries, next_nonce).await;
+        });
     }
 }
 

@@ -7,20 +7,26 @@
 //!   attempt hash (a replacement, or the original, may be the one mined), at most
 //!   [`FinalityConfig::receipt_concurrency`] records at a time;
 //! - the **confirmations manager** remembers each receipt's block number and block hash.
-//!   Every poll it reads the head and the canonical hash at each remembered height: a
-//!   changed hash is a reorg, so the receipt is forgotten (the checker fetches it again)
-//!   and a record already `Confirmed` moves back to `Tracking`; otherwise at
-//!   [`FinalityConfig::confirmations`] it writes `Confirmed` (or `Failed` for a reverted
-//!   receipt). Confirmed records stay watched for [`FinalityConfig::reorg_watch_depth`]
-//!   blocks.
+//!   It polls the head's height every [`limits::HEAD_POLL_INTERVAL`] (or `poll_interval`
+//!   if shorter) and, when the head moved or `poll_interval` passed, reads the canonical
+//!   hash at each remembered height: a changed hash is a reorg, so the receipt is forgotten
+//!   (the checker fetches it again) and a record already `Confirmed` moves back to
+//!   `Tracking`; otherwise at [`FinalityConfig::confirmations`] it writes `Confirmed` (or
+//!   `Failed` for a reverted receipt). Confirmed records stay watched for
+//!   [`FinalityConfig::reorg_watch_depth`] blocks.
 //!
 //! Every status write is fenced with the signer's current lease token; a fenced write stops
 //! both stages. When the channel is full the checker waits (back-pressure) and counts it in
 //! `nonce_manager_finality_backpressure_total`; `nonce_manager_finality_queue_depth` is the
 //! channel's fill.
 //!
-//! The remembered receipts live in memory: after a restart, `Tracking` records are fetched
-//! again; `Confirmed` ones are no longer watched for reorgs.
+//! The final status and the receipt it rests on (block number and hash) are written in one
+//! fenced transaction ([`NonceStore::set_status_with_receipt`]); a reorg rollback clears
+//! the stored receipt. At start the manager reloads the stored receipts of `Confirmed`
+//! records within the watch depth, so a receipt whose block was reorged away while the
+//! node was down is found on the first evaluation: the record goes back to `Tracking`,
+//! the checker looks for a new receipt, and the policy loop re-broadcasts it if the node
+//! dropped it. `Tracking` records are always fetched again after a restart.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +40,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::allocator::Allocator;
 use crate::chain::{ChainClient, ReceiptSummary};
 use crate::error::StoreError;
+use crate::limits;
 use crate::store::NonceStore;
 use crate::types::{ManagedTransaction, RequestId, TxStatus};
 
@@ -258,8 +265,12 @@ pub(crate) async fn find_receipt(
 }
 
 async fn manage_confirmations(shared: Arc<Shared>, mut receiver: mpsc::Receiver<ReceiptFound>) {
-    let mut interval = tokio::time::interval(shared.config.poll_interval);
+    let head_poll = shared.config.poll_interval.min(limits::HEAD_POLL_INTERVAL);
+    let mut interval = tokio::time::interval(head_poll);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reloaded = false;
+    let mut last_head: Option<u64> = None;
+    let mut last_full = tokio::time::Instant::now();
     loop {
         tokio::select! {
             found = receiver.recv() => {
@@ -271,7 +282,7 @@ async fn manage_confirmations(shared: Arc<Shared>, mut receiver: mpsc::Receiver<
                     Tracked { receipt: found.receipt, finalized: false },
                 );
                 // Evaluate at once rather than one poll later.
-                if let Err(error) = evaluate(&shared).await {
+                if let Err(error) = evaluate(&shared, None).await {
                     if error.is_fenced() { return; }
                 }
             }
@@ -279,7 +290,26 @@ async fn manage_confirmations(shared: Arc<Shared>, mut receiver: mpsc::Receiver<
                 if shared.allocator.is_stopped() {
                     return;
                 }
-                if let Err(error) = evaluate(&shared).await {
+                let head = match shared.chain.block_number().await {
+                    Ok(head) => head,
+                    Err(error) => {
+                        tracing::warn!(%error, "head unavailable");
+                        continue;
+                    }
+                };
+                if !reloaded {
+                    match reload_stored(&shared, head).await {
+                        Ok(()) => reloaded = true,
+                        Err(error) => tracing::warn!(%error, "stored receipts unavailable"),
+                    }
+                }
+                let moved = last_head != Some(head);
+                if !moved && last_full.elapsed() < shared.config.poll_interval {
+                    continue;
+                }
+                last_head = Some(head);
+                last_full = tokio::time::Instant::now();
+                if let Err(error) = evaluate(&shared, Some(head)).await {
                     if error.is_fenced() {
                         tracing::warn!(%error, "confirmations manager fenced; stopping");
                         return;
@@ -291,7 +321,33 @@ async fn manage_confirmations(shared: Arc<Shared>, mut receiver: mpsc::Receiver<
     }
 }
 
-async fn evaluate(shared: &Shared) -> Result<(), StoreError> {
+/// Puts the stored receipts of `Confirmed` records within the watch depth back under
+/// watch, after a restart or a takeover.
+async fn reload_stored(shared: &Shared, head: u64) -> Result<(), StoreError> {
+    let min_block = head.saturating_sub(shared.config.reorg_watch_depth);
+    let stored = shared
+        .store
+        .stored_receipts(
+            shared.allocator.signer(),
+            min_block,
+            shared.config.scan_limit,
+        )
+        .await?;
+    let mut view = shared.view.lock();
+    for (request_id, status, receipt) in stored {
+        if status == TxStatus::Confirmed {
+            view.entry(request_id).or_insert(Tracked {
+                receipt,
+                finalized: true,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks every remembered receipt against the canonical chain at `head` (read here when
+/// `None`) and writes what changed.
+async fn evaluate(shared: &Shared, head: Option<u64>) -> Result<(), StoreError> {
     let Some(token) = shared.allocator.token() else {
         return Ok(());
     };
@@ -304,12 +360,15 @@ async fn evaluate(shared: &Shared) -> Result<(), StoreError> {
     if snapshot.is_empty() {
         return Ok(());
     }
-    let head = match shared.chain.block_number().await {
-        Ok(head) => head,
-        Err(error) => {
-            tracing::warn!(%error, "head unavailable");
-            return Ok(());
-        }
+    let head = match head {
+        Some(head) => head,
+        None => match shared.chain.block_number().await {
+            Ok(head) => head,
+            Err(error) => {
+                tracing::warn!(%error, "head unavailable");
+                return Ok(());
+            }
+        },
     };
     let mut canonical: HashMap<u64, Option<B256>> = HashMap::new();
     for (request_id, tracked) in snapshot {
@@ -334,7 +393,7 @@ async fn evaluate(shared: &Shared) -> Result<(), StoreError> {
             shared.stats.reorgs.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("nonce_manager_reorged_receipts_total").increment(1);
             if tracked.finalized {
-                write_status(shared, token, &request_id, TxStatus::Tracking).await?;
+                write_status(shared, token, &request_id, TxStatus::Tracking, None).await?;
             }
             continue;
         }
@@ -345,7 +404,7 @@ async fn evaluate(shared: &Shared) -> Result<(), StoreError> {
             } else {
                 TxStatus::Failed
             };
-            if write_status(shared, token, &request_id, status).await? {
+            if write_status(shared, token, &request_id, status, Some(&tracked.receipt)).await? {
                 shared.stats.finalized.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("nonce_manager_finalized_total", "status" => status.as_str())
                     .increment(1);
@@ -366,17 +425,25 @@ async fn evaluate(shared: &Shared) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A fenced status write. `Ok(false)` when the record moved somewhere the write may not
-/// follow (another loop decided first); a fenced write is an error.
+/// A fenced status write with the receipt it rests on (`None` clears it). `Ok(false)` when
+/// the record moved somewhere the write may not follow (another loop decided first); a
+/// fenced write is an error.
 async fn write_status(
     shared: &Shared,
     token: ledger_lease::FencingToken,
     request_id: &RequestId,
     status: TxStatus,
+    receipt: Option<&ReceiptSummary>,
 ) -> Result<bool, StoreError> {
     match shared
         .store
-        .set_status(shared.allocator.signer(), token, request_id, status)
+        .set_status_with_receipt(
+            shared.allocator.signer(),
+            token,
+            request_id,
+            status,
+            receipt,
+        )
         .await
     {
         Ok(_) => Ok(true),

@@ -8,6 +8,7 @@
 //!
 //! - [`store`]: the [`store::NonceStore`] trait and its SQLite and PostgreSQL impls;
 //! - [`allocator`]: request-id dedup, `max(chain pending, cache, db)`, the batch writer;
+//! - [`cache`]: the optional Redis cache of committed allocations, subordinate to the store;
 //! - [`chain`]: the [`chain::ChainClient`] trait and send-error classification;
 //!   [`alloy_chain`]: its JSON-RPC impl;
 //! - [`signer`]: local keys, EIP-1559 signing with the hash known before sending;
@@ -29,6 +30,7 @@
 
 pub mod allocator;
 pub mod alloy_chain;
+pub mod cache;
 pub mod chain;
 mod error;
 pub mod finality;

@@ -43,18 +43,24 @@ struct Harness {
     submitter: Submitter,
     key: LocalKey,
     clock: Arc<SystemClock>,
-    _guard: LeaseGuard,
-    _dir: tempfile::TempDir,
+    guard: Option<LeaseGuard>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Harness {
     async fn new(url: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let mut harness = Self::at(url, &dir.path().join("nonce.sqlite")).await;
+        harness._dir = Some(dir);
+        harness
+    }
+
+    /// A node on the database file at `path` (kept by the caller, for restarts).
+    async fn at(url: &str, path: &std::path::Path) -> Self {
         let clock = Arc::new(SystemClock);
-        let (store, leases) =
-            SqliteNonceStore::connect(&dir.path().join("nonce.sqlite"), clock.clone())
-                .await
-                .unwrap();
+        let (store, leases) = SqliteNonceStore::connect(path, clock.clone())
+            .await
+            .unwrap();
         let store: Arc<dyn NonceStore> = Arc::new(store);
         let leases: Arc<dyn LeaseStore> = Arc::new(leases);
         let chain: Arc<dyn ChainClient> = Arc::new(AlloyChainClient::new(url).unwrap());
@@ -95,8 +101,15 @@ impl Harness {
             submitter,
             key,
             clock,
-            _guard: guard,
-            _dir: dir,
+            guard: Some(guard),
+            _dir: None,
+        }
+    }
+
+    /// Stops this node cleanly: releases the signer's lease for the next one.
+    async fn shut_down(mut self) {
+        if let Some(guard) = self.guard.take() {
+            guard.release().await.unwrap();
         }
     }
 
@@ -457,4 +470,93 @@ async fn hardhat_base_fee_spike_bumps_to_the_cap() {
     .await;
     miner.abort();
     eprintln!("{test}: {} attempts, {:?}", fees.len(), started.elapsed());
+}
+
+/// Confirmed at 3 with its receipt stored; the node stops; while it is down a depth-3 reorg
+/// drops the transaction. A new node on the same database reloads the stored receipt, sees
+/// its block left the chain, rolls the record back to Tracking, re-broadcasts the stored
+/// bytes, and confirms it again in a new block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anvil_reorg_while_down_is_found_after_restart() {
+    let test = "anvil_reorg_while_down_is_found_after_restart";
+    let Some(anvil) = test_support::skip_unless_required(test, Anvil::start(None)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nonce.sqlite");
+    let h = Harness::at(anvil.url(), &path).await;
+    let finality = h.finality(3);
+    let record = h.submit("restarted", 10 * GWEI, GWEI).await;
+    let first = h
+        .chain
+        .receipt(record.attempts[0].hash)
+        .await
+        .unwrap()
+        .expect("automined");
+    h.rpc("anvil_mine", json!([2])).await;
+    h.wait_status("restarted", TxStatus::Confirmed, None).await;
+    let stored = h
+        .store
+        .stored_receipts(h.key.address(), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        vec![(
+            RequestId::new("restarted").unwrap(),
+            TxStatus::Confirmed,
+            first
+        )]
+    );
+    drop(finality);
+    h.shut_down().await;
+
+    // While no node runs: the block holding it is replaced, the transaction is gone.
+    let provider = RootProvider::<Ethereum>::new_http(anvil.url().parse().unwrap());
+    provider
+        .raw_request::<_, Value>("anvil_reorg".into(), json!([3, []]))
+        .await
+        .unwrap();
+    let chain = AlloyChainClient::new(anvil.url()).unwrap();
+    assert!(
+        chain.receipt(first.hash).await.unwrap().is_none(),
+        "dropped"
+    );
+
+    let h = Harness::at(anvil.url(), &path).await;
+    assert_eq!(h.record("restarted").await.status, TxStatus::Confirmed);
+    let finality = h.finality(3);
+    let policy = h.policy(quick_policy(), Some(finality.view())).await;
+    let stats = policy.stats();
+    let _policy = policy.spawn();
+    wait_until("the rollback after restart", || {
+        finality.stats().reorgs.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    h.wait_status(
+        "restarted",
+        TxStatus::Confirmed,
+        Some(Duration::from_millis(300)),
+    )
+    .await;
+    let second = h
+        .chain
+        .receipt(first.hash)
+        .await
+        .unwrap()
+        .expect("mined again");
+    assert_ne!(second.block_hash, first.block_hash);
+    assert!(
+        stats.rebroadcasts.load(Ordering::SeqCst) >= 1,
+        "re-broadcast"
+    );
+    let stored = h
+        .store
+        .stored_receipts(h.key.address(), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].2, second, "the new receipt replaced the old one");
+    assert_eq!(h.record("restarted").await.attempts.len(), 1);
+    h.shut_down().await;
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use alloy_primitives::{Address, Bytes, B256};
 use ledger_lease::{HolderId, ManualClock, UnixMillis};
+use nonce_manager::chain::ReceiptSummary;
 use nonce_manager::store::NewAllocation;
 use nonce_manager::{signer_resource, RequestId, StoreError, TxAttempt, TxStatus};
 
@@ -20,6 +21,9 @@ backend_cases!(cases;
     stale_token_writes_are_refused,
     attempts_and_status,
     lists_by_status,
+    receipts_are_stored_and_cleared,
+    request_id_of_another_signer_comes_back_existing,
+    old_schema_is_migrated,
 );
 
 mod cases {
@@ -312,5 +316,235 @@ mod cases {
         assert_eq!(set(TxStatus::Confirmed).await.unwrap(), TxStatus::Tracking);
         let stored = node.store.transaction(&id).await.unwrap().unwrap();
         assert_eq!(stored.status, TxStatus::Confirmed);
+    }
+
+    fn receipt(block: u64, seed: u8) -> ReceiptSummary {
+        ReceiptSummary {
+            hash: B256::repeat_byte(seed),
+            block_number: block,
+            block_hash: B256::repeat_byte(seed.wrapping_add(1)),
+            success: seed.is_multiple_of(2),
+        }
+    }
+
+    pub async fn receipts_are_stored_and_cleared(backend: Backend) {
+        let clock = Arc::new(ManualClock::default());
+        let node = backend.node(clock).await;
+        let holder = HolderId::new("node-a").unwrap();
+        let lease = node
+            .leases
+            .try_acquire(&signer_resource(signer()), &holder, TTL)
+            .await
+            .unwrap()
+            .unwrap();
+        let ids = ["r0", "r1", "r2"];
+        let requests: Vec<_> = ids.iter().map(|id| request(id, 1)).collect();
+        node.store
+            .commit_allocations(signer(), lease.token, 0, &requests)
+            .await
+            .unwrap();
+        for id in ids {
+            let id = RequestId::new(id).unwrap();
+            node.store
+                .set_status(signer(), lease.token, &id, TxStatus::Tracking)
+                .await
+                .unwrap();
+        }
+        let (r0, r1) = (RequestId::new("r0").unwrap(), RequestId::new("r1").unwrap());
+        node.store
+            .set_status_with_receipt(
+                signer(),
+                lease.token,
+                &r0,
+                TxStatus::Confirmed,
+                Some(&receipt(10, 2)),
+            )
+            .await
+            .unwrap();
+        node.store
+            .set_status_with_receipt(
+                signer(),
+                lease.token,
+                &r1,
+                TxStatus::Failed,
+                Some(&receipt(12, 5)),
+            )
+            .await
+            .unwrap();
+        let all = node.store.stored_receipts(signer(), 0, 10).await.unwrap();
+        assert_eq!(
+            all,
+            vec![
+                (r0.clone(), TxStatus::Confirmed, receipt(10, 2)),
+                (r1.clone(), TxStatus::Failed, receipt(12, 5)),
+            ]
+        );
+        let recent = node.store.stored_receipts(signer(), 11, 10).await.unwrap();
+        assert_eq!(recent, vec![(r1.clone(), TxStatus::Failed, receipt(12, 5))]);
+        assert!(node
+            .store
+            .stored_receipts(Address::repeat_byte(1), 0, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        // A plain status write keeps the receipt; a rollback with None clears it.
+        node.store
+            .set_status(signer(), lease.token, &r0, TxStatus::Confirmed)
+            .await
+            .unwrap();
+        assert_eq!(
+            node.store
+                .stored_receipts(signer(), 0, 10)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        node.store
+            .set_status_with_receipt(signer(), lease.token, &r0, TxStatus::Tracking, None)
+            .await
+            .unwrap();
+        let left = node.store.stored_receipts(signer(), 0, 10).await.unwrap();
+        assert_eq!(left, vec![(r1, TxStatus::Failed, receipt(12, 5))]);
+        // Fenced like every write: a stale token stores nothing.
+        let stale = ledger_lease::FencingToken::new(lease.token.get() - 1);
+        let refused = node
+            .store
+            .set_status_with_receipt(
+                signer(),
+                stale,
+                &r0,
+                TxStatus::Confirmed,
+                Some(&receipt(20, 8)),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Fenced { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(
+            node.store
+                .stored_receipts(signer(), 0, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    pub async fn request_id_of_another_signer_comes_back_existing(backend: Backend) {
+        let clock = Arc::new(ManualClock::default());
+        let node = backend.node(clock).await;
+        let other = Address::repeat_byte(0x43);
+        let holder = HolderId::new("node-a").unwrap();
+        let mut tokens = Vec::new();
+        for signer in [signer(), other] {
+            let lease = node
+                .leases
+                .try_acquire(&signer_resource(signer), &holder, TTL)
+                .await
+                .unwrap()
+                .unwrap();
+            tokens.push(lease.token);
+        }
+        node.store
+            .commit_allocations(signer(), tokens[0], 0, &[request("shared", 1)])
+            .await
+            .unwrap();
+        let batch = node
+            .store
+            .commit_allocations(
+                other,
+                tokens[1],
+                0,
+                &[
+                    request("mine", 2),
+                    request("shared", 1),
+                    request("mine-2", 3),
+                ],
+            )
+            .await
+            .unwrap();
+        let answers: Vec<_> = batch
+            .allocations
+            .iter()
+            .map(|a| (a.signer, a.nonce, a.existing))
+            .collect();
+        assert_eq!(
+            answers,
+            [(other, 0, false), (signer(), 0, true), (other, 1, false)]
+        );
+        assert_eq!(batch.next_nonce, 2);
+        assert_eq!(node.store.nonces(other).await.unwrap().len(), 2);
+    }
+
+    /// A database created before the receipt columns existed: connecting adds them and
+    /// keeps every row.
+    pub async fn old_schema_is_migrated(backend: Backend) {
+        const OLD_MANAGED_TX: &str = "CREATE TABLE managed_tx (
+            request_id TEXT PRIMARY KEY NOT NULL,
+            signer TEXT NOT NULL,
+            nonce BIGINT NOT NULL CHECK (nonce >= 0),
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL,
+            fencing_token BIGINT NOT NULL,
+            created_at_ms BIGINT NOT NULL,
+            updated_at_ms BIGINT NOT NULL,
+            UNIQUE (signer, nonce)
+        )";
+        let payload_json = serde_json::to_string(&payload(7)).unwrap();
+        let insert = format!(
+            "INSERT INTO managed_tx VALUES ('old', '{:#x}', 3, '{payload_json}', 'tracking', 1, 0, 0)",
+            signer()
+        );
+        match &backend {
+            Backend::Sqlite { path, .. } => {
+                let pool =
+                    sqlx::SqlitePool::connect_with(ledger_lease::sqlite::connect_options(path))
+                        .await
+                        .unwrap();
+                sqlx::query(OLD_MANAGED_TX).execute(&pool).await.unwrap();
+                sqlx::query(&insert).execute(&pool).await.unwrap();
+                pool.close().await;
+            }
+            Backend::Postgres { server } => {
+                let pool = sqlx::PgPool::connect(server.url()).await.unwrap();
+                sqlx::query(OLD_MANAGED_TX).execute(&pool).await.unwrap();
+                sqlx::query(&insert).execute(&pool).await.unwrap();
+                pool.close().await;
+            }
+        }
+        let clock = Arc::new(ManualClock::default());
+        let node = backend.node(clock.clone()).await;
+        // Connecting again is a no-op migration.
+        let _again = backend.node(clock).await;
+        let old = RequestId::new("old").unwrap();
+        let record = node.store.transaction(&old).await.unwrap().unwrap();
+        assert_eq!((record.nonce, record.status), (3, TxStatus::Tracking));
+        assert_eq!(record.payload, payload(7));
+        let lease = node
+            .leases
+            .try_acquire(
+                &signer_resource(signer()),
+                &HolderId::new("node-a").unwrap(),
+                TTL,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        node.store
+            .set_status_with_receipt(
+                signer(),
+                lease.token,
+                &old,
+                TxStatus::Confirmed,
+                Some(&receipt(40, 4)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            node.store.stored_receipts(signer(), 0, 10).await.unwrap(),
+            vec![(old, TxStatus::Confirmed, receipt(40, 4))]
+        );
     }
 }

@@ -6,8 +6,11 @@
 //! - `signer_nonce(signer, next_nonce, fencing_token, updated_at_ms)`: the next nonce the
 //!   store would hand out for a signer (the "db" source of `max(chain, cache, db)`);
 //! - `managed_tx(request_id UNIQUE, signer, nonce, payload, status, fencing_token,
-//!   created_at_ms, updated_at_ms)`, with `UNIQUE (signer, nonce)` so a nonce can never be
-//!   given to two requests, whatever the code above does;
+//!   created_at_ms, updated_at_ms, receipt_block_number, receipt_block_hash,
+//!   receipt_tx_hash, receipt_success)`, with `UNIQUE (signer, nonce)` so a nonce can never
+//!   be given to two requests, whatever the code above does; the receipt columns (added to
+//!   an existing database at start-up) hold the receipt a `Confirmed`/`Failed` status
+//!   rests on, so a restarted node still watches it for reorgs;
 //! - `tx_attempt(request_id, hash UNIQUE, max_fee, priority_fee, raw, sent_at_ms)`: every
 //!   signed version, stored before it is broadcast.
 //!
@@ -25,6 +28,7 @@ use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
 use ledger_lease::{FencingToken, UnixMillis};
 
+use crate::chain::ReceiptSummary;
 use crate::error::StoreError;
 use crate::types::{ManagedTransaction, RequestId, TxAttempt, TxPayload, TxStatus};
 
@@ -140,6 +144,57 @@ pub trait NonceStore: Send + Sync + fmt::Debug {
         request_id: &RequestId,
         status: TxStatus,
     ) -> Result<TxStatus, StoreError>;
+
+    /// [`NonceStore::set_status`] that also stores (`Some`) or clears (`None`) the receipt
+    /// the status rests on, in the same fenced transaction, so reorg watching survives a
+    /// restart ([`NonceStore::stored_receipts`]).
+    ///
+    /// The default keeps no receipt (a store without the columns): it is
+    /// [`NonceStore::set_status`].
+    async fn set_status_with_receipt(
+        &self,
+        signer: Address,
+        token: FencingToken,
+        request_id: &RequestId,
+        status: TxStatus,
+        receipt: Option<&ReceiptSummary>,
+    ) -> Result<TxStatus, StoreError> {
+        let _ = receipt;
+        self.set_status(signer, token, request_id, status).await
+    }
+
+    /// Up to `limit` records of `signer` with a stored receipt in a block at or above
+    /// `min_block`, with their status, by block. The default stores none.
+    async fn stored_receipts(
+        &self,
+        signer: Address,
+        min_block: u64,
+        limit: usize,
+    ) -> Result<Vec<(RequestId, TxStatus, ReceiptSummary)>, StoreError> {
+        let _ = (signer, min_block, limit);
+        Ok(Vec::new())
+    }
+}
+
+/// A stored receipt as read: request_id, status, block number, block hash, tx hash, success.
+pub(crate) type ReceiptRow = (String, String, i64, String, String, bool);
+
+pub(crate) fn receipt_from_row(
+    row: ReceiptRow,
+) -> Result<(RequestId, TxStatus, ReceiptSummary), StoreError> {
+    let (request_id, status, block_number, block_hash, hash, success) = row;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("managed_tx {request_id}: {what}"));
+    let receipt = ReceiptSummary {
+        hash: hash.parse().map_err(|_| corrupt("bad receipt hash"))?,
+        block_number: to_u64("receipt block", block_number)?,
+        block_hash: block_hash
+            .parse()
+            .map_err(|_| corrupt("bad receipt block hash"))?,
+        success,
+    };
+    let status = TxStatus::parse(&status).ok_or_else(|| corrupt("bad status"))?;
+    let request_id = RequestId::new(request_id.clone()).map_err(|_| corrupt("bad request id"))?;
+    Ok((request_id, status, receipt))
 }
 
 pub(crate) fn to_i64(what: &str, value: u64) -> Result<i64, StoreError> {
@@ -193,9 +248,96 @@ pub(crate) fn transaction_from_rows(
     })
 }
 
+/// What a request id already maps to, as read inside an allocation transaction.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoredAllocation {
+    pub(crate) signer: Address,
+    pub(crate) nonce: u64,
+}
+
+/// A `managed_tx` row an allocation batch inserts.
+#[derive(Debug, Clone)]
+pub(crate) struct NewRow {
+    pub(crate) request_id: String,
+    pub(crate) nonce: i64,
+    pub(crate) payload: String,
+}
+
+/// The pure part of an allocation batch: gives each request id not in `stored` (and not
+/// repeated earlier in `requests`) the next nonce from `start`, in request order. Returns
+/// the answers, the rows to insert and the next nonce after them.
+pub(crate) fn plan_allocations(
+    signer: Address,
+    start: u64,
+    requests: &[NewAllocation],
+    stored: &std::collections::HashMap<String, StoredAllocation>,
+) -> Result<(Vec<Allocation>, Vec<NewRow>, u64), StoreError> {
+    let mut next = start;
+    let mut allocations = Vec::with_capacity(requests.len());
+    let mut rows: Vec<NewRow> = Vec::with_capacity(requests.len());
+    let mut in_batch: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for request in requests {
+        let id = request.request_id.as_str();
+        if let Some(existing) = stored.get(id) {
+            allocations.push(Allocation {
+                request_id: request.request_id.clone(),
+                signer: existing.signer,
+                nonce: existing.nonce,
+                existing: true,
+            });
+            continue;
+        }
+        if let Some(&nonce) = in_batch.get(id) {
+            allocations.push(Allocation {
+                request_id: request.request_id.clone(),
+                signer,
+                nonce,
+                existing: true,
+            });
+            continue;
+        }
+        let payload = serde_json::to_string(&request.payload)
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        rows.push(NewRow {
+            request_id: id.to_owned(),
+            nonce: to_i64("nonce", next)?,
+            payload,
+        });
+        in_batch.insert(id, next);
+        allocations.push(Allocation {
+            request_id: request.request_id.clone(),
+            signer,
+            nonce: next,
+            existing: false,
+        });
+        next = next
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt(format!("nonce of {signer:#x} overflows")))?;
+    }
+    debug_assert_eq!(allocations.len(), requests.len());
+    debug_assert_eq!(next - start, rows.len() as u64);
+    Ok((allocations, rows, next))
+}
+
+/// Parses a stored `(signer, nonce)` pair.
+pub(crate) fn stored_allocation(
+    request_id: &str,
+    signer: &str,
+    nonce: i64,
+) -> Result<StoredAllocation, StoreError> {
+    Ok(StoredAllocation {
+        signer: signer
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("managed_tx {request_id}: bad signer")))?,
+        nonce: to_u64("nonce", nonce)?,
+    })
+}
+
 /// Implements [`NonceStore`] for a backend struct with fields `pool` and `clock`, given
-/// `$begin_fenced` (an `async fn(&Self, Address, FencingToken) -> Result<Transaction>`
-/// that has passed the fence) and `$lock_suffix` (`" FOR UPDATE"` where the database needs
+/// its inherent `begin_fenced` (an `async fn(&Self, Address, FencingToken) ->
+/// Result<Transaction>` that has passed the fence), its inherent `try_commit_allocations`
+/// (one attempt at an allocation batch in a constant number of statements, `None` when a
+/// concurrent insert made it roll back) and `$lock_suffix` (`" FOR UPDATE"` where the database needs
 /// an explicit row lock; SQLite's `BEGIN IMMEDIATE` already holds the only write lock).
 macro_rules! sql_nonce_store {
     ($store:ty, $name:literal, $lock_suffix:literal) => {
@@ -302,96 +444,20 @@ macro_rules! sql_nonce_store {
                 floor: u64,
                 requests: &[$crate::store::NewAllocation],
             ) -> Result<$crate::store::AllocationBatch, $crate::error::StoreError> {
-                use $crate::store::{to_i64, to_u64, Allocation};
-                let key = $crate::types::signer_key(signer);
-                let now = self.clock.now().0;
-                let mut tx = self.begin_fenced(signer, token).await?;
-                sqlx::query(
-                    "INSERT INTO signer_nonce (signer, next_nonce, fencing_token, updated_at_ms)
-                     VALUES ($1, 0, $2, $3) ON CONFLICT (signer) DO NOTHING",
-                )
-                .bind(&key)
-                .bind(token.get())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                let stored: i64 = sqlx::query_scalar(concat!(
-                    "SELECT next_nonce FROM signer_nonce WHERE signer = $1",
-                    $lock_suffix
-                ))
-                .bind(&key)
-                .fetch_one(&mut *tx)
-                .await?;
-                let start = to_u64("next_nonce", stored)?.max(floor);
-                let mut next = start;
-                let mut allocations = Vec::with_capacity(requests.len());
-                for request in requests {
-                    let payload = serde_json::to_string(&request.payload)
-                        .map_err(|error| $crate::error::StoreError::Corrupt(error.to_string()))?;
-                    let inserted = sqlx::query(
-                        "INSERT INTO managed_tx (request_id, signer, nonce, payload, status,
-                             fencing_token, created_at_ms, updated_at_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                         ON CONFLICT (request_id) DO NOTHING",
-                    )
-                    .bind(request.request_id.as_str())
-                    .bind(&key)
-                    .bind(to_i64("nonce", next)?)
-                    .bind(payload)
-                    .bind($crate::types::TxStatus::Pending.as_str())
-                    .bind(token.get())
-                    .bind(now)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if inserted == 1 {
-                        allocations.push(Allocation {
-                            request_id: request.request_id.clone(),
-                            signer,
-                            nonce: next,
-                            existing: false,
-                        });
-                        next = next.checked_add(1).ok_or_else(|| {
-                            $crate::error::StoreError::Corrupt(format!("nonce of {key} overflows"))
-                        })?;
-                        continue;
+                // A request id inserted by another signer's writer between our lookup and
+                // our insert makes the insert skip a row; the batch then rolls back and is
+                // planned again, seeing that row as existing.
+                for _ in 0..$crate::limits::ALLOCATION_BATCH_ATTEMPTS {
+                    if let Some(batch) = self
+                        .try_commit_allocations(signer, token, floor, requests)
+                        .await?
+                    {
+                        return Ok(batch);
                     }
-                    let (stored_signer, stored_nonce): (String, i64) = sqlx::query_as(
-                        "SELECT signer, nonce FROM managed_tx WHERE request_id = $1",
-                    )
-                    .bind(request.request_id.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    let stored_signer = stored_signer.parse().map_err(|_| {
-                        $crate::error::StoreError::Corrupt(format!(
-                            "managed_tx {}: bad signer",
-                            request.request_id
-                        ))
-                    })?;
-                    allocations.push(Allocation {
-                        request_id: request.request_id.clone(),
-                        signer: stored_signer,
-                        nonce: to_u64("nonce", stored_nonce)?,
-                        existing: true,
-                    });
                 }
-                sqlx::query(
-                    "UPDATE signer_nonce SET next_nonce = $1, fencing_token = $2,
-                         updated_at_ms = $3 WHERE signer = $4",
-                )
-                .bind(to_i64("next_nonce", next)?)
-                .bind(token.get())
-                .bind(now)
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                debug_assert!(next >= start && next >= floor);
-                Ok($crate::store::AllocationBatch {
-                    allocations,
-                    next_nonce: next,
-                })
+                Err($crate::error::StoreError::Corrupt(format!(
+                    "allocation batch for {signer:#x} kept racing other signers' inserts"
+                )))
             }
 
             async fn record_at_nonce(
@@ -511,6 +577,64 @@ macro_rules! sql_nonce_store {
                 request_id: &$crate::types::RequestId,
                 status: $crate::types::TxStatus,
             ) -> Result<$crate::types::TxStatus, $crate::error::StoreError> {
+                self.write_status(signer, token, request_id, status, None)
+                    .await
+            }
+
+            async fn set_status_with_receipt(
+                &self,
+                signer: alloy_primitives::Address,
+                token: ledger_lease::FencingToken,
+                request_id: &$crate::types::RequestId,
+                status: $crate::types::TxStatus,
+                receipt: Option<&$crate::chain::ReceiptSummary>,
+            ) -> Result<$crate::types::TxStatus, $crate::error::StoreError> {
+                self.write_status(signer, token, request_id, status, Some(receipt))
+                    .await
+            }
+
+            async fn stored_receipts(
+                &self,
+                signer: alloy_primitives::Address,
+                min_block: u64,
+                limit: usize,
+            ) -> Result<
+                Vec<(
+                    $crate::types::RequestId,
+                    $crate::types::TxStatus,
+                    $crate::chain::ReceiptSummary,
+                )>,
+                $crate::error::StoreError,
+            > {
+                let rows: Vec<$crate::store::ReceiptRow> = sqlx::query_as(
+                    "SELECT request_id, status, receipt_block_number, receipt_block_hash,
+                            receipt_tx_hash, receipt_success
+                     FROM managed_tx
+                     WHERE signer = $1 AND receipt_block_number >= $2
+                     ORDER BY receipt_block_number, nonce LIMIT $3",
+                )
+                .bind($crate::types::signer_key(signer))
+                .bind($crate::store::to_i64("block", min_block)?)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map($crate::store::receipt_from_row)
+                    .collect()
+            }
+        }
+
+        impl $store {
+            /// A fenced status write; `receipt`: `None` leaves the stored receipt as it is,
+            /// `Some(None)` clears it, `Some(Some(r))` stores `r`.
+            async fn write_status(
+                &self,
+                signer: alloy_primitives::Address,
+                token: ledger_lease::FencingToken,
+                request_id: &$crate::types::RequestId,
+                status: $crate::types::TxStatus,
+                receipt: Option<Option<&$crate::chain::ReceiptSummary>>,
+            ) -> Result<$crate::types::TxStatus, $crate::error::StoreError> {
                 let mut tx = self.begin_fenced(signer, token).await?;
                 let row: Option<(String, String)> = sqlx::query_as(concat!(
                     "SELECT signer, status FROM managed_tx WHERE request_id = $1",
@@ -549,6 +673,25 @@ macro_rules! sql_nonce_store {
                 .bind(request_id.as_str())
                 .execute(&mut *tx)
                 .await?;
+                if let Some(receipt) = receipt {
+                    sqlx::query(
+                        "UPDATE managed_tx SET receipt_block_number = $1,
+                             receipt_block_hash = $2, receipt_tx_hash = $3,
+                             receipt_success = $4
+                         WHERE request_id = $5",
+                    )
+                    .bind(
+                        receipt
+                            .map(|r| $crate::store::to_i64("block", r.block_number))
+                            .transpose()?,
+                    )
+                    .bind(receipt.map(|r| format!("{:#x}", r.block_hash)))
+                    .bind(receipt.map(|r| format!("{:#x}", r.hash)))
+                    .bind(receipt.map(|r| r.success))
+                    .bind(request_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 tx.commit().await?;
                 Ok(current)
             }

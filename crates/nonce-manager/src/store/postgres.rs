@@ -3,6 +3,7 @@
 //! `signer_nonce` row is locked `FOR UPDATE` before it is read, so allocations serialize
 //! per signer even if two writers ever carried the same token.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use alloy_primitives::Address;
@@ -12,7 +13,10 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use crate::error::StoreError;
-use crate::types::signer_resource;
+use crate::store::{
+    plan_allocations, stored_allocation, to_i64, to_u64, AllocationBatch, NewAllocation,
+};
+use crate::types::{signer_key, signer_resource, TxStatus};
 
 /// Most connections one node's store opens.
 const POOL_CONNECTIONS_MAX: u32 = 8;
@@ -20,7 +24,7 @@ const POOL_CONNECTIONS_MAX: u32 = 8;
 /// Serialises schema creation when several nodes start at once. ASCII "noncemgr".
 const MIGRATION_LOCK_KEY: i64 = 0x6e6f_6e63_656d_6772;
 
-const SCHEMA: [&str; 4] = [
+const SCHEMA: [&str; 8] = [
     "CREATE TABLE IF NOT EXISTS signer_nonce (
     signer TEXT PRIMARY KEY,
     next_nonce BIGINT NOT NULL CHECK (next_nonce >= 0),
@@ -48,6 +52,11 @@ const SCHEMA: [&str; 4] = [
     sent_at_ms BIGINT NOT NULL
 )",
     "CREATE INDEX IF NOT EXISTS tx_attempt_request ON tx_attempt (request_id)",
+    // Added after the first release: `IF NOT EXISTS` migrates an existing database.
+    "ALTER TABLE managed_tx ADD COLUMN IF NOT EXISTS receipt_block_number BIGINT",
+    "ALTER TABLE managed_tx ADD COLUMN IF NOT EXISTS receipt_block_hash TEXT",
+    "ALTER TABLE managed_tx ADD COLUMN IF NOT EXISTS receipt_tx_hash TEXT",
+    "ALTER TABLE managed_tx ADD COLUMN IF NOT EXISTS receipt_success BOOLEAN",
 ];
 
 /// Nonces and managed transactions in PostgreSQL.
@@ -100,6 +109,93 @@ impl PostgresNonceStore {
         let mut tx = self.pool.begin().await?;
         ledger_lease::postgres::fence(&mut tx, &signer_resource(signer), token).await?;
         Ok(tx)
+    }
+
+    /// One allocation batch in six statements whatever its size: fence, lock-and-read the
+    /// signer's next nonce (an upsert, which row-locks like `FOR UPDATE`), look every
+    /// request id up with `= ANY($1)`, insert the new rows from `UNNEST` arrays, store the
+    /// next nonce, commit. Constant SQL text, so each is prepared once per connection.
+    async fn try_commit_allocations(
+        &self,
+        signer: Address,
+        token: FencingToken,
+        floor: u64,
+        requests: &[NewAllocation],
+    ) -> Result<Option<AllocationBatch>, StoreError> {
+        let key = signer_key(signer);
+        let now = self.clock.now().0;
+        let mut tx = self.begin_fenced(signer, token).await?;
+        let stored_next: i64 = sqlx::query_scalar(
+            "INSERT INTO signer_nonce (signer, next_nonce, fencing_token, updated_at_ms)
+             VALUES ($1, 0, $2, $3)
+             ON CONFLICT (signer) DO UPDATE SET signer = EXCLUDED.signer
+             RETURNING next_nonce",
+        )
+        .bind(&key)
+        .bind(token.get())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let ids: Vec<&str> = requests.iter().map(|r| r.request_id.as_str()).collect();
+        let found: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT request_id, signer, nonce FROM managed_tx WHERE request_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut stored = HashMap::with_capacity(found.len());
+        for (request_id, stored_signer, nonce) in found {
+            let allocation = stored_allocation(&request_id, &stored_signer, nonce)?;
+            stored.insert(request_id, allocation);
+        }
+        let start = to_u64("next_nonce", stored_next)?.max(floor);
+        let (allocations, rows, next) = plan_allocations(signer, start, requests, &stored)?;
+        if !rows.is_empty() {
+            let mut row_ids = Vec::with_capacity(rows.len());
+            let mut nonces = Vec::with_capacity(rows.len());
+            let mut payloads = Vec::with_capacity(rows.len());
+            for row in rows {
+                row_ids.push(row.request_id);
+                nonces.push(row.nonce);
+                payloads.push(row.payload);
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO managed_tx (request_id, signer, nonce, payload, status,
+                     fencing_token, created_at_ms, updated_at_ms)
+                 SELECT r, $4, n, p, $5, $6, $7, $7
+                 FROM UNNEST($1::text[], $2::bigint[], $3::text[]) AS t (r, n, p)
+                 ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(&row_ids)
+            .bind(&nonces)
+            .bind(&payloads)
+            .bind(&key)
+            .bind(TxStatus::Pending.as_str())
+            .bind(token.get())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted != row_ids.len() as u64 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
+        sqlx::query(
+            "UPDATE signer_nonce SET next_nonce = $1, fencing_token = $2, updated_at_ms = $3
+             WHERE signer = $4",
+        )
+        .bind(to_i64("next_nonce", next)?)
+        .bind(token.get())
+        .bind(now)
+        .bind(&key)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(AllocationBatch {
+            allocations,
+            next_nonce: next,
+        }))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The embedded nonce store: the same SQLite file (WAL, `synchronous=FULL`) as the lease
 //! tables, so a fenced write and the fence are one `BEGIN IMMEDIATE` transaction.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,7 +12,10 @@ use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 use sqlx::{Sqlite, Transaction};
 
 use crate::error::StoreError;
-use crate::types::signer_resource;
+use crate::store::{
+    plan_allocations, stored_allocation, to_i64, to_u64, AllocationBatch, NewAllocation,
+};
+use crate::types::{signer_key, signer_resource, TxStatus};
 
 /// Most connections the store opens; SQLite has one writer anyway.
 const POOL_CONNECTIONS_MAX: u32 = 8;
@@ -45,6 +49,14 @@ const SCHEMA: [&str; 3] = [
 )",
 ];
 
+/// `managed_tx` columns added after the first release, with their types.
+const RECEIPT_COLUMNS: [(&str, &str); 4] = [
+    ("receipt_block_number", "INTEGER"),
+    ("receipt_block_hash", "TEXT"),
+    ("receipt_tx_hash", "TEXT"),
+    ("receipt_success", "BOOLEAN"),
+];
+
 /// Nonces and managed transactions in a SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteNonceStore {
@@ -76,6 +88,22 @@ impl SqliteNonceStore {
         for statement in SCHEMA {
             sqlx::query(statement).execute(&mut *tx).await?;
         }
+        // Columns added after the first release; SQLite has no `ADD COLUMN IF NOT EXISTS`.
+        for (column, definition) in RECEIPT_COLUMNS {
+            let present: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pragma_table_info('managed_tx') WHERE name = $1",
+            )
+            .bind(column)
+            .fetch_one(&mut *tx)
+            .await?;
+            if present == 0 {
+                sqlx::query(&format!(
+                    "ALTER TABLE managed_tx ADD COLUMN {column} {definition}"
+                ))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         tx.commit().await?;
         Ok(Self { pool, clock })
     }
@@ -93,6 +121,93 @@ impl SqliteNonceStore {
         let mut tx = ledger_lease::sqlite::begin_immediate(&self.pool).await?;
         ledger_lease::sqlite::fence(&mut tx, &signer_resource(signer), token).await?;
         Ok(tx)
+    }
+
+    /// One allocation batch in six statements whatever its size: fence, read the signer's
+    /// next nonce (an upsert; `BEGIN IMMEDIATE` already holds the only write lock), look
+    /// every request id up and insert the new rows through `json_each` over one JSON
+    /// parameter, store the next nonce, commit. Constant SQL text, so each statement is
+    /// prepared once per connection.
+    async fn try_commit_allocations(
+        &self,
+        signer: Address,
+        token: FencingToken,
+        floor: u64,
+        requests: &[NewAllocation],
+    ) -> Result<Option<AllocationBatch>, StoreError> {
+        let key = signer_key(signer);
+        let now = self.clock.now().0;
+        let corrupt = |error: serde_json::Error| StoreError::Corrupt(error.to_string());
+        let mut tx = self.begin_fenced(signer, token).await?;
+        let stored_next: i64 = sqlx::query_scalar(
+            "INSERT INTO signer_nonce (signer, next_nonce, fencing_token, updated_at_ms)
+             VALUES ($1, 0, $2, $3)
+             ON CONFLICT (signer) DO UPDATE SET signer = excluded.signer
+             RETURNING next_nonce",
+        )
+        .bind(&key)
+        .bind(token.get())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let ids: Vec<&str> = requests.iter().map(|r| r.request_id.as_str()).collect();
+        let found: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT request_id, signer, nonce FROM managed_tx
+             WHERE request_id IN (SELECT value FROM json_each($1))",
+        )
+        .bind(serde_json::to_string(&ids).map_err(corrupt)?)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut stored = HashMap::with_capacity(found.len());
+        for (request_id, stored_signer, nonce) in found {
+            let allocation = stored_allocation(&request_id, &stored_signer, nonce)?;
+            stored.insert(request_id, allocation);
+        }
+        let start = to_u64("next_nonce", stored_next)?.max(floor);
+        let (allocations, rows, next) = plan_allocations(signer, start, requests, &stored)?;
+        if !rows.is_empty() {
+            let expected = rows.len() as u64;
+            let rows: Vec<(String, i64, String)> = rows
+                .into_iter()
+                .map(|row| (row.request_id, row.nonce, row.payload))
+                .collect();
+            // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join constraint.
+            let inserted = sqlx::query(
+                "INSERT INTO managed_tx (request_id, signer, nonce, payload, status,
+                     fencing_token, created_at_ms, updated_at_ms)
+                 SELECT json_extract(value, '$[0]'), $2, json_extract(value, '$[1]'),
+                        json_extract(value, '$[2]'), $3, $4, $5, $5
+                 FROM json_each($1) WHERE true
+                 ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(serde_json::to_string(&rows).map_err(corrupt)?)
+            .bind(&key)
+            .bind(TxStatus::Pending.as_str())
+            .bind(token.get())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted != expected {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
+        sqlx::query(
+            "UPDATE signer_nonce SET next_nonce = $1, fencing_token = $2, updated_at_ms = $3
+             WHERE signer = $4",
+        )
+        .bind(to_i64("next_nonce", next)?)
+        .bind(token.get())
+        .bind(now)
+        .bind(&key)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(AllocationBatch {
+            allocations,
+            next_nonce: next,
+        }))
     }
 }
 
