@@ -41,6 +41,31 @@ pub enum UtxoCommand {
     Status(StoreArgs),
     /// Serve the chain state over gRPC (wes.v1.UtxoService) with Prometheus /metrics.
     Serve(ServeArgs),
+    /// Load a chain store (if empty) and measure GetUtxosByAddress and GetBalance over gRPC.
+    BenchQuery(BenchQueryArgs),
+}
+
+/// `takhin utxo bench-query`.
+#[derive(Args)]
+pub struct BenchQueryArgs {
+    /// Chain store to query; loaded with --utxos over --owners first if empty.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// UTXOs to load into an empty store (fan-out blocks of 256 outputs per transaction).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub utxos: usize,
+    /// Owners (key holders) the UTXOs are spread over; queries pick them round robin.
+    #[arg(long, default_value_t = 100_000)]
+    pub owners: usize,
+    /// Key derivation seed (same seed, same owners).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Concurrent gRPC clients, each on its own connection, one request in flight each.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Seconds each query kind is measured.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
 }
 
 /// `takhin utxo serve`.
@@ -149,6 +174,7 @@ impl From<Category> for pb::UtxoCategory {
 pub fn run(command: UtxoCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     match command {
         UtxoCommand::Serve(args) => runtime.block_on(serve(args)),
+        UtxoCommand::BenchQuery(args) => runtime.block_on(bench_query(args)),
         UtxoCommand::Gen(args) => generate(&args),
         UtxoCommand::Import(args) => import(&args),
         UtxoCommand::Balance(args) => {
@@ -236,6 +262,95 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     crate::wait_for_stop(args.exit_on_stdin_eof).await;
     running.shutdown().await.context("stopping the utxo server")
+}
+
+async fn bench_query(args: BenchQueryArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut generator = ChainGenerator::new(args.seed, args.owners);
+    eprintln!(
+        "bench-query: derived {} owner keys in {:.1}s",
+        args.owners,
+        started.elapsed().as_secs_f64()
+    );
+    let owners: Vec<Address> = generator
+        .owners()
+        .iter()
+        .map(|owner| owner.address)
+        .collect();
+    let dir = args.data_dir.clone();
+    let is_empty = !dir.join("blocks.log").exists();
+    let load = if is_empty {
+        let n_utxos = args.utxos;
+        let report = tokio::task::spawn_blocking(move || {
+            wes_server::bench::load_fan_out(&dir, &mut generator, n_utxos, |height| {
+                eprintln!("bench-query: loaded block {height}");
+            })
+        })
+        .await
+        .context("loader task")?
+        .context("loading the chain store")?;
+        eprintln!(
+            "bench-query: loaded {} UTXOs, height {}, in {:.1}s",
+            report.n_utxos,
+            report.height,
+            report.elapsed.as_secs_f64()
+        );
+        json!({"utxos": report.n_utxos, "height": report.height, "seconds": report.elapsed.as_secs_f64()})
+    } else {
+        json!(null)
+    };
+    let config = ServerConfig::new(args.data_dir.clone(), "127.0.0.1:0".parse()?);
+    let running = wes_server::serve(config)
+        .await
+        .context("starting the utxo server")?;
+    let mut results = Vec::new();
+    for kind in [
+        wes_server::bench::QueryKind::UtxosByAddress,
+        wes_server::bench::QueryKind::Balance,
+    ] {
+        let report = wes_server::bench::query_load(
+            running.grpc_addr,
+            kind,
+            &owners,
+            args.clients,
+            Duration::from_secs(args.seconds),
+        )
+        .await
+        .context("connecting the load clients")?;
+        let micros = |d: Duration| d.as_secs_f64() * 1e6;
+        eprintln!(
+            "bench-query: {:<18} {} clients: {:.0} q/s, p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us, {} errors, {:.1} results/query",
+            kind.name(),
+            report.n_clients,
+            report.queries_per_second,
+            micros(report.p50),
+            micros(report.p99),
+            micros(report.p999),
+            micros(report.max),
+            report.n_errors,
+            report.mean_results
+        );
+        results.push(json!({
+            "query": kind.name(),
+            "clients": report.n_clients,
+            "ok": report.n_ok,
+            "errors": report.n_errors,
+            "seconds": report.elapsed.as_secs_f64(),
+            "queries_per_second": report.queries_per_second,
+            "p50_us": micros(report.p50),
+            "p99_us": micros(report.p99),
+            "p999_us": micros(report.p999),
+            "max_us": micros(report.max),
+            "mean_results": report.mean_results,
+        }));
+    }
+    running
+        .shutdown()
+        .await
+        .context("stopping the utxo server")?;
+    print_json(
+        &json!({"data_dir": args.data_dir.display().to_string(), "load": load, "results": results}),
+    )
 }
 
 /// Starts the utxo server of `takhin dev` (data in `dir`, gRPC on the default port, metrics

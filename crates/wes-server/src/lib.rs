@@ -19,11 +19,14 @@
 //! - [`error`]: [`ServerError`] and the mapping of every error to a gRPC code.
 //! - [`metrics`]: names, the recorder, `/metrics`.
 //! - [`config`]: the [`ServerConfig`].
+//! - [`bench`]: the store loader and the gRPC query load generator of
+//!   `takhin utxo bench-query`.
 //!
 //! **Architecture Invariant:** a block enters the repository only after it validated on
 //! the UTXO state at its parent, so the UTXO system never meets a repository block it must
 //! reject; the repository only grows through SubmitBlock (no reorg over the API yet).
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -1,0 +1,68 @@
+//! The pieces of `takhin utxo bench-query` on a small store: the fan-out loader builds the
+//! UTXOs it says over the owners, and the load generator's answers agree with the store.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use wes_server::bench::{self, QueryKind};
+use wes_utxo::gen::ChainGenerator;
+use wes_utxo::model::Address;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loader_and_query_load_agree_with_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut generator = ChainGenerator::new(3, 300);
+    let owners: Vec<Address> = generator.owners().iter().map(|o| o.address).collect();
+    let path = dir.path().to_path_buf();
+    let (report, generator) = tokio::task::spawn_blocking(move || {
+        let report = bench::load_fan_out(&path, &mut generator, 2_000, |_| {}).unwrap();
+        (report, generator)
+    })
+    .await
+    .unwrap();
+    assert!(report.n_utxos >= 2_000, "{report:?}");
+    assert!(
+        bench::load_fan_out(dir.path(), &mut ChainGenerator::new(3, 300), 10, |_| {}).is_err(),
+        "a loaded store is not loaded again"
+    );
+    drop(generator);
+
+    let (running, _client) = common::start(dir.path(), false).await;
+    assert_eq!(
+        running.n_adopted,
+        report.height + 1,
+        "imported blocks copied to the repository"
+    );
+    let utxos = bench::query_load(
+        running.grpc_addr,
+        QueryKind::UtxosByAddress,
+        &owners,
+        2,
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap();
+    assert_eq!(utxos.n_errors, 0);
+    assert!(utxos.n_ok > 0 && utxos.p50 <= utxos.p99 && utxos.p99 <= utxos.max);
+    // Each owner holds report.n_utxos / 300 on average; round robin visits them evenly.
+    let mean = report.n_utxos as f64 / owners.len() as f64;
+    assert!(
+        (utxos.mean_results - mean).abs() < mean * 0.5,
+        "{} vs {mean}",
+        utxos.mean_results
+    );
+    let balances = bench::query_load(
+        running.grpc_addr,
+        QueryKind::Balance,
+        &owners,
+        2,
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap();
+    assert_eq!(balances.n_errors, 0);
+    assert!(balances.n_ok > 0);
+    running.shutdown().await.unwrap();
+}
