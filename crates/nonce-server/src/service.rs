@@ -386,9 +386,14 @@ impl NonceService {
             in_flight: view.in_flight,
             oldest_pending_age_ms: view.oldest_pending_age_ms,
             last_confirmed_nonce: view.last_confirmed_nonce,
+            // A holder id is `node_id/instance`; the node id shows even once the holder
+            // has left the ring (its lease not yet lapsed).
             lease_holder: holder
                 .map(|member| member.node_id.clone())
-                .or(view.lease_holder.clone())
+                .or(view
+                    .lease_holder
+                    .as_deref()
+                    .map(|instance| instance.split('/').next().unwrap_or(instance).to_owned()))
                 .unwrap_or_default(),
             lease_holder_address: holder
                 .map(|member| member.address.clone())

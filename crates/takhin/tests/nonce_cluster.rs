@@ -322,7 +322,10 @@ async fn run_cluster(backend: Backend, transactions: u64) {
     let survivor = &clients[(victim + 1) % NODES];
     let takeover = loop {
         if let Some(view) = view(survivor).await {
-            if !view.lease_holder.is_empty() && view.lease_holder != killed.node_id {
+            let newer = view
+                .fencing_token
+                .is_some_and(|token| token > old_token.get());
+            if !view.lease_holder.is_empty() && view.lease_holder != killed.node_id && newer {
                 break (view, killed_at.elapsed());
             }
         }
