@@ -463,7 +463,11 @@ impl BatchWriter {
     /// when the cache is slow enough that earlier writes are still in flight.
     fn write_cache(&self, requests: &[NewAllocation], committed: &AllocationBatch) {
         let Some(cache) = &self.cache else { return };
-        if committed.allocations.iter().all(|allocation| allocation.existing) {
+        if committed
+            .allocations
+            .iter()
+            .all(|allocation| allocation.existing)
+        {
             return;
         }
         let Ok(permit) = Arc::clone(&self.cache_writes).try_acquire_owned() else {
