@@ -80,19 +80,8 @@ fn store_tip(store: &ChainStore) -> Option<Tip> {
     })
 }
 
-/// How the client should treat a store error: a chain-rule answer or an outage.
-pub(crate) fn system_error(error: StoreError) -> SystemError {
-    match error {
-        StoreError::InvalidBlock(_)
-        | StoreError::State(_)
-        | StoreError::NothingToRollback { .. }
-        | StoreError::NotOnTip { .. } => SystemError::Rejected(error.to_string()),
-        StoreError::BlockNotFound(_)
-        | StoreError::Corrupt(_)
-        | StoreError::Io(_)
-        | StoreError::Database(_) => SystemError::Unavailable(error.to_string()),
-    }
-}
+/// How the client should treat a store error (the client crate's mapping).
+pub(crate) use wes_utxo_client::system::store_error as system_error;
 
 impl ServedStore {
     /// Wraps an open store.
@@ -147,7 +136,19 @@ impl ServedStore {
         f(&mut self.store.write())
     }
 
+    /// Applies a batch, one write lock per block. The store's own log is synced once per
+    /// batch (also when a block fails): the client's repository, fsynced before the
+    /// notification, is the source of truth, and a lost unsynced tail of the store's log
+    /// only lowers the tip the coordinator replays from after a crash.
     fn apply_now(&self, blocks: &[pb::Block]) -> Result<Option<Tip>, SystemError> {
+        let applied = self.apply_each(blocks);
+        let synced = self.store.read().sync_log().map_err(system_error);
+        let tip = applied?;
+        synced?;
+        Ok(tip)
+    }
+
+    fn apply_each(&self, blocks: &[pb::Block]) -> Result<Option<Tip>, SystemError> {
         for block in blocks {
             let position = Tip::of(block)
                 .ok_or_else(|| SystemError::Rejected("block without a header".to_string()))?;
@@ -172,7 +173,7 @@ impl ServedStore {
                     position.height
                 )));
             }
-            store.apply_block(block).map_err(system_error)?;
+            store.apply_block_deferred(block).map_err(system_error)?;
             self.n_applied.fetch_add(1, Ordering::SeqCst);
             let tip = store_tip(&store);
             drop(store);

@@ -204,7 +204,9 @@ pub struct StoreSystem {
     store: Arc<Mutex<ChainStore>>,
 }
 
-fn store_error(error: StoreError) -> SystemError {
+/// How the client should treat a store error: a chain-rule answer (`Rejected`) or an
+/// outage (`Unavailable`). Shared by every UTXO system hosted on `wes_store`.
+pub fn store_error(error: StoreError) -> SystemError {
     match error {
         StoreError::InvalidBlock(_)
         | StoreError::State(_)
