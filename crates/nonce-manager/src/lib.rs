@@ -14,6 +14,7 @@
 //! - [`signer`]: local keys, EIP-1559 signing with the hash known before sending;
 //! - [`submit`]: SubmitTransaction, idempotent per request id;
 //! - [`finality`]: receipt checker and confirmations manager (N confirmations, reorgs);
+//! - [`blocks`]: the confirmed-block listener (a stream of blocks N deep, reorg-aware);
 //! - [`policy`]: the policy loop (re-broadcast dropped, bump stuck, fee cap alert);
 //! - [`reconcile`]: drift detection (the key used by another wallet), floor raise, gap fill;
 //! - [`view`]: the per-signer view for the API.
@@ -30,6 +31,7 @@
 
 pub mod allocator;
 pub mod alloy_chain;
+pub mod blocks;
 pub mod cache;
 pub mod chain;
 mod error;
