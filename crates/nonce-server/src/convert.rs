@@ -4,6 +4,8 @@
 use std::str::FromStr;
 
 use alloy_primitives::{Address, Bytes, U256};
+use nonce_manager::blocks::StableBlock;
+use nonce_manager::chain::BlockRef;
 use nonce_manager::{InvalidArgument, ManagedTransaction, RequestId, TxPayload, TxStatus};
 
 use crate::proto;
@@ -108,6 +110,30 @@ pub(crate) fn status_filter(value: i32) -> Result<Option<TxStatus>, InvalidArgum
 
 fn fee(value: u128) -> u64 {
     u64::try_from(value).unwrap_or(u64::MAX)
+}
+
+fn block_info(block: &BlockRef) -> proto::BlockInfo {
+    proto::BlockInfo {
+        number: block.number,
+        hash: format!("{:#x}", block.hash),
+        parent_hash: format!("{:#x}", block.parent_hash),
+    }
+}
+
+/// A confirmed-block listener event as the API streams it.
+pub(crate) fn stable_block(event: StableBlock) -> proto::ConfirmedBlockEvent {
+    use proto::confirmed_block_event::Event;
+    let event = match event {
+        StableBlock::Confirmed(block) => Event::Confirmed(block_info(&block)),
+        StableBlock::DeepReorg {
+            fork_height,
+            orphaned,
+        } => Event::DeepReorg(proto::DeepReorg {
+            fork_height,
+            orphaned: orphaned.iter().map(block_info).collect(),
+        }),
+    };
+    proto::ConfirmedBlockEvent { event: Some(event) }
 }
 
 pub(crate) fn transaction(record: &ManagedTransaction) -> proto::Transaction {

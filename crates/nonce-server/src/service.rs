@@ -11,13 +11,14 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use alloy_primitives::Address;
+use nonce_manager::blocks::{ConfirmedBlockListener, ListenerConfig};
 use nonce_manager::reconcile::ReconcileConfig;
 use nonce_manager::submit::SubmitRequest;
 use nonce_manager::view::{signer_view, DriftSource};
 use nonce_manager::{signer_resource, RequestId, TxPayload};
 use tokio::time::Instant;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
@@ -409,6 +410,7 @@ impl NonceService {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::TransactionEvent, Status>> + Send>>;
+type BlockStream = Pin<Box<dyn Stream<Item = Result<proto::ConfirmedBlockEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl NonceManager for NonceService {
@@ -448,6 +450,33 @@ impl NonceManager for NonceService {
     }
 
     type WatchEventsStream = EventStream;
+    type WatchConfirmedBlocksStream = BlockStream;
+
+    async fn watch_confirmed_blocks(
+        &self,
+        request: Request<proto::WatchConfirmedBlocksRequest>,
+    ) -> Result<Response<Self::WatchConfirmedBlocksStream>, Status> {
+        let message = request.into_inner();
+        let confirmations = match message.confirmations {
+            0 => self.shared.config.confirmations,
+            n => n,
+        };
+        let config = ListenerConfig {
+            confirmations,
+            start: message.from_height,
+            ..ListenerConfig::default()
+        };
+        let (listener, receiver) = ConfirmedBlockListener::spawn(self.shared.chain.clone(), config);
+        // The listener lives as long as the stream: dropping the stream stops it.
+        let stream = ReceiverStream::new(receiver).map(move |event| {
+            let _listener = &listener;
+            Ok(convert::stable_block(event))
+        });
+        observe(
+            "watch_confirmed_blocks",
+            Ok(Response::new(Box::pin(stream) as BlockStream)),
+        )
+    }
 
     async fn watch_events(
         &self,

@@ -480,3 +480,77 @@ async fn three_nodes_postgres_kill_holder() {
     };
     run_cluster(backend, TRANSACTIONS).await;
 }
+
+/// WatchConfirmedBlocks over gRPC: one node, anvil mining on demand; the stream carries
+/// blocks `confirmations` deep, in order, each the child of the previous and canonical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_confirmed_blocks_streams_canonical_blocks_n_deep() {
+    use nonce_server::proto::confirmed_block_event::Event;
+    use nonce_server::proto::WatchConfirmedBlocksRequest;
+
+    let Some(anvil) = test_support::skip_unless_required(
+        "watch_confirmed_blocks_streams_canonical_blocks_n_deep",
+        Anvil::start(&[]),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, _store_dir) = sqlite();
+    let node = spawn_node(0, &backend.location(), anvil.url(), dir.path());
+    let chain = AlloyChainClient::new(anvil.url()).unwrap();
+    let provider = alloy_provider::RootProvider::<alloy_network::Ethereum>::new_http(
+        anvil.url().parse().unwrap(),
+    );
+    let mine = |n: u64| {
+        let provider = provider.clone();
+        async move {
+            alloy_provider::Provider::raw_request::<_, serde_json::Value>(
+                &provider,
+                "anvil_mine".into(),
+                serde_json::json!([n]),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    mine(5).await; // head 5
+    let mut stream = client(&node.grpc)
+        .watch_confirmed_blocks(WatchConfirmedBlocksRequest {
+            confirmations: 3,
+            from_height: Some(0),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut blocks = Vec::new();
+    while blocks.len() < 9 {
+        if blocks.len() == 3 {
+            mine(5).await; // head 10: blocks up to 8 are 3 deep
+        }
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a block within 10 s")
+            .unwrap()
+            .expect("stream open");
+        match event.event {
+            Some(Event::Confirmed(block)) => blocks.push(block),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let head = chain.block_number().await.unwrap();
+    for (height, block) in blocks.iter().enumerate() {
+        assert_eq!(block.number, height as u64);
+        assert!(head + 1 - block.number >= 3, "block {height} not 3 deep");
+        let canonical = chain.block(block.number).await.unwrap().unwrap();
+        assert_eq!(block.hash, format!("{:#x}", canonical.hash));
+        if height > 0 {
+            assert_eq!(block.parent_hash, blocks[height - 1].hash);
+        }
+    }
+    // Nothing beyond the depth: block 9 has 2 confirmations at head 10.
+    let early = tokio::time::timeout(Duration::from_millis(600), stream.message()).await;
+    assert!(
+        early.is_err(),
+        "streamed a block less than 3 deep: {early:?}"
+    );
+}
