@@ -55,5 +55,5 @@ mod types;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::LeaseError;
 pub use manager::{LeaseGuard, LeaseManager, LeaseManagerConfig, LeaseState, LossReason};
-pub use store::LeaseStore;
+pub use store::{fence_verdict, LeaseStore};
 pub use types::{FencingToken, HolderId, Lease, ResourceName, UnixMillis};

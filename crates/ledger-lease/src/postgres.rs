@@ -40,6 +40,13 @@ const SCHEMA: [&str; 2] = [
 /// (`CREATE TABLE IF NOT EXISTS` races on the catalog otherwise). ASCII "ldgrleas".
 const MIGRATION_LOCK_KEY: i64 = 0x6c64_6772_6c65_6173;
 
+/// The fence's read: the resource's current token (`$1` is the resource name), share-locked
+/// until the transaction ends so no takeover commits in between. [`fence`] runs it alone; a
+/// caller may run it as a sub-select of its own first statement and pass the token to
+/// [`crate::fence_verdict`], which saves a round trip on a hot path.
+pub const FENCE_TOKEN_SELECT: &str =
+    "SELECT token FROM ledger_leases WHERE resource = $1 FOR SHARE";
+
 /// The fence: inside the caller's transaction, refuses with [`LeaseError::Fenced`] unless
 /// `token` is `resource`'s current token, and holds the lease row `FOR SHARE` until the
 /// transaction ends so no takeover can commit in between. Use READ COMMITTED (the default);
@@ -50,11 +57,10 @@ pub async fn fence(
     resource: &ResourceName,
     token: FencingToken,
 ) -> Result<(), LeaseError> {
-    let current: Option<i64> =
-        sqlx::query_scalar("SELECT token FROM ledger_leases WHERE resource = $1 FOR SHARE")
-            .bind(resource.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
+    let current: Option<i64> = sqlx::query_scalar(FENCE_TOKEN_SELECT)
+        .bind(resource.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
     fence_verdict(resource, token, current)
 }
 

@@ -133,8 +133,10 @@ pub(crate) fn lease_from_row(resource: &ResourceName, row: LeaseRow) -> Result<L
     })
 }
 
-/// The fence verdict from the current token (`None`: nobody holds the resource).
-pub(crate) fn fence_verdict(
+/// The fence verdict from the current token (`None`: nobody holds the resource). Public for
+/// callers that read the token inside a statement of their own (see
+/// `postgres::FENCE_TOKEN_SELECT`) to save a round trip.
+pub fn fence_verdict(
     resource: &ResourceName,
     presented: FencingToken,
     current: Option<i64>,

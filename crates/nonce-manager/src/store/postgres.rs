@@ -4,7 +4,7 @@
 //! per signer even if two writers ever carried the same token.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use alloy_primitives::Address;
 use ledger_lease::postgres::PostgresLeaseStore;
@@ -59,6 +59,37 @@ const SCHEMA: [&str; 8] = [
     "ALTER TABLE managed_tx ADD COLUMN IF NOT EXISTS receipt_success BOOLEAN",
 ];
 
+/// What [`ALLOCATE_READ`] returns: the lease's current token, the signer's stored next
+/// nonce, and the request ids already stored with their signers and nonces.
+type AllocateRead = (Option<i64>, Option<i64>, Vec<String>, Vec<String>, Vec<i64>);
+
+/// The first statement of an allocation batch (see `try_commit_allocations`): the lease's
+/// fence read, the signer row's upsert (locking it) and the lookup of the batch's request
+/// ids, in one round trip. `$1` resource, `$2` signer, `$3` token, `$4` now, `$5` ids.
+static ALLOCATE_READ: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH lease AS ({fence}),
+         up AS (
+             INSERT INTO signer_nonce (signer, next_nonce, fencing_token, updated_at_ms)
+             VALUES ($2, 0, $3, $4)
+             ON CONFLICT (signer) DO UPDATE SET signer = EXCLUDED.signer
+             RETURNING next_nonce
+         ),
+         found AS (
+             SELECT request_id, signer, nonce FROM managed_tx WHERE request_id = ANY($5)
+         )
+         SELECT (SELECT token FROM lease),
+                (SELECT next_nonce FROM up),
+                COALESCE((SELECT array_agg(request_id ORDER BY request_id) FROM found),
+                         ARRAY[]::text[]),
+                COALESCE((SELECT array_agg(signer ORDER BY request_id) FROM found),
+                         ARRAY[]::text[]),
+                COALESCE((SELECT array_agg(nonce ORDER BY request_id) FROM found),
+                         ARRAY[]::bigint[])",
+        fence = ledger_lease::postgres::FENCE_TOKEN_SELECT,
+    )
+});
+
 /// Nonces and managed transactions in PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PostgresNonceStore {
@@ -111,10 +142,12 @@ impl PostgresNonceStore {
         Ok(tx)
     }
 
-    /// One allocation batch in six statements whatever its size: fence, lock-and-read the
-    /// signer's next nonce (an upsert, which row-locks like `FOR UPDATE`), look every
-    /// request id up with `= ANY($1)`, insert the new rows from `UNNEST` arrays, store the
-    /// next nonce, commit. Constant SQL text, so each is prepared once per connection.
+    /// One allocation batch in two statements and a commit whatever its size (a signer's
+    /// batches are serial, so every round trip inside the transaction is latency for the
+    /// whole queue): (1) fence, lock-and-read the signer's next nonce (an upsert, which
+    /// row-locks like `FOR UPDATE`) and look every request id up with `= ANY`; (2) insert
+    /// the new rows from `UNNEST` arrays and store the next nonce; commit. Constant SQL
+    /// text, so each is prepared once per connection.
     async fn try_commit_allocations(
         &self,
         signer: Address,
@@ -123,34 +156,52 @@ impl PostgresNonceStore {
         requests: &[NewAllocation],
     ) -> Result<Option<AllocationBatch>, StoreError> {
         let key = signer_key(signer);
+        let resource = signer_resource(signer);
         let now = self.clock.now().0;
-        let mut tx = self.begin_fenced(signer, token).await?;
-        let stored_next: i64 = sqlx::query_scalar(
-            "INSERT INTO signer_nonce (signer, next_nonce, fencing_token, updated_at_ms)
-             VALUES ($1, 0, $2, $3)
-             ON CONFLICT (signer) DO UPDATE SET signer = EXCLUDED.signer
-             RETURNING next_nonce",
-        )
-        .bind(&key)
-        .bind(token.get())
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
         let ids: Vec<&str> = requests.iter().map(|r| r.request_id.as_str()).collect();
-        let found: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT request_id, signer, nonce FROM managed_tx WHERE request_id = ANY($1)",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut stored = HashMap::with_capacity(found.len());
-        for (request_id, stored_signer, nonce) in found {
+        let mut tx = self.pool.begin().await?;
+        let (current_token, stored_next, found_ids, found_signers, found_nonces): AllocateRead =
+            sqlx::query_as(ALLOCATE_READ.as_str())
+                .bind(resource.as_str())
+                .bind(&key)
+                .bind(token.get())
+                .bind(now)
+                .bind(&ids)
+                .fetch_one(&mut *tx)
+                .await?;
+        if let Err(error) = ledger_lease::fence_verdict(&resource, token, current_token) {
+            tx.rollback().await?;
+            return Err(error.into());
+        }
+        let stored_next = stored_next
+            .ok_or_else(|| StoreError::Corrupt("signer_nonce upsert returned no row".into()))?;
+        if found_ids.len() != found_signers.len() || found_ids.len() != found_nonces.len() {
+            return Err(StoreError::Corrupt(
+                "request id lookup returned arrays of different lengths".into(),
+            ));
+        }
+        let mut stored = HashMap::with_capacity(found_ids.len());
+        for ((request_id, stored_signer), nonce) in
+            found_ids.into_iter().zip(found_signers).zip(found_nonces)
+        {
             let allocation = stored_allocation(&request_id, &stored_signer, nonce)?;
             stored.insert(request_id, allocation);
         }
         let start = to_u64("next_nonce", stored_next)?.max(floor);
         let (allocations, rows, next) = plan_allocations(signer, start, requests, &stored)?;
-        if !rows.is_empty() {
+        let next_i64 = to_i64("next_nonce", next)?;
+        if rows.is_empty() {
+            sqlx::query(
+                "UPDATE signer_nonce SET next_nonce = $1, fencing_token = $2, updated_at_ms = $3
+                 WHERE signer = $4",
+            )
+            .bind(next_i64)
+            .bind(token.get())
+            .bind(now)
+            .bind(&key)
+            .execute(&mut *tx)
+            .await?;
+        } else {
             let mut row_ids = Vec::with_capacity(rows.len());
             let mut nonces = Vec::with_capacity(rows.len());
             let mut payloads = Vec::with_capacity(rows.len());
@@ -159,12 +210,22 @@ impl PostgresNonceStore {
                 nonces.push(row.nonce);
                 payloads.push(row.payload);
             }
-            let inserted = sqlx::query(
-                "INSERT INTO managed_tx (request_id, signer, nonce, payload, status,
-                     fencing_token, created_at_ms, updated_at_ms)
-                 SELECT r, $4, n, p, $5, $6, $7, $7
-                 FROM UNNEST($1::text[], $2::bigint[], $3::text[]) AS t (r, n, p)
-                 ON CONFLICT (request_id) DO NOTHING",
+            // A data-modifying WITH runs once and to completion whether or not the main
+            // query reads it, so `upd` always stores the next nonce.
+            let (inserted,): (i64,) = sqlx::query_as(
+                "WITH ins AS (
+                     INSERT INTO managed_tx (request_id, signer, nonce, payload, status,
+                         fencing_token, created_at_ms, updated_at_ms)
+                     SELECT r, $4, n, p, $5, $6, $7, $7
+                     FROM UNNEST($1::text[], $2::bigint[], $3::text[]) AS t (r, n, p)
+                     ON CONFLICT (request_id) DO NOTHING
+                     RETURNING 1
+                 ), upd AS (
+                     UPDATE signer_nonce SET next_nonce = $8, fencing_token = $6,
+                         updated_at_ms = $7
+                     WHERE signer = $4
+                 )
+                 SELECT count(*) FROM ins",
             )
             .bind(&row_ids)
             .bind(&nonces)
@@ -173,24 +234,14 @@ impl PostgresNonceStore {
             .bind(TxStatus::Pending.as_str())
             .bind(token.get())
             .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted != row_ids.len() as u64 {
+            .bind(next_i64)
+            .fetch_one(&mut *tx)
+            .await?;
+            if inserted != row_ids.len() as i64 {
                 tx.rollback().await?;
                 return Ok(None);
             }
         }
-        sqlx::query(
-            "UPDATE signer_nonce SET next_nonce = $1, fencing_token = $2, updated_at_ms = $3
-             WHERE signer = $4",
-        )
-        .bind(to_i64("next_nonce", next)?)
-        .bind(token.get())
-        .bind(now)
-        .bind(&key)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(Some(AllocationBatch {
             allocations,
