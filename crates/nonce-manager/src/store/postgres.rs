@@ -4,12 +4,13 @@
 //! per signer even if two writers ever carried the same token.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
 use alloy_primitives::Address;
 use ledger_lease::postgres::PostgresLeaseStore;
 use ledger_lease::{Clock, FencingToken};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use crate::error::StoreError;
@@ -20,6 +21,10 @@ use crate::types::{signer_key, signer_resource, TxStatus};
 
 /// Most connections one node's store opens.
 const POOL_CONNECTIONS_MAX: u32 = 8;
+/// PostgreSQL ends a session left idle inside a transaction this long (ours take
+/// milliseconds), so a holder paused mid-transaction cannot block a lease takeover with its
+/// fence lock for longer (see `connect`).
+const PG_IDLE_IN_TRANSACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Serialises schema creation when several nodes start at once. ASCII "noncemgr".
 const MIGRATION_LOCK_KEY: i64 = 0x6e6f_6e63_656d_6772;
@@ -104,9 +109,16 @@ impl PostgresNonceStore {
         url: &str,
         clock: Arc<dyn Clock>,
     ) -> Result<(Self, PostgresLeaseStore), StoreError> {
+        // A holder paused inside a transaction (a GC pause, a frozen VM, SIGSTOP) keeps its
+        // fence's FOR SHARE lock on the lease row, which would block any takeover until it
+        // resumed. The server ends such a session after this idle time, so the takeover
+        // waits at most that long, and the paused holder's commit is refused when it wakes.
+        let idle_ms = PG_IDLE_IN_TRANSACTION_TIMEOUT.as_millis().to_string();
+        let options = PgConnectOptions::from_str(url)?
+            .options([("idle_in_transaction_session_timeout", idle_ms.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(POOL_CONNECTIONS_MAX)
-            .connect(url)
+            .connect_with(options)
             .await?;
         let leases = PostgresLeaseStore::from_pool(pool.clone(), Arc::clone(&clock)).await?;
         let store = Self::from_pool(pool, clock).await?;
