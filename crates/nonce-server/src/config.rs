@@ -77,6 +77,9 @@ pub struct NodeConfig {
     pub finality_poll: Duration,
     /// How long a transaction may stay unmined before the policy loop acts.
     pub resubmit_after: Duration,
+    /// Optional Redis cache of committed allocations in front of the store (never the
+    /// source of truth: a lost or stale entry changes no answer; see `nonce_manager::cache`).
+    pub redis_url: Option<String>,
 }
 
 impl NodeConfig {
@@ -98,6 +101,7 @@ impl NodeConfig {
             lease_ttl: Duration::from_secs(10),
             finality_poll: Duration::from_secs(1),
             resubmit_after: Duration::from_secs(60),
+            redis_url: None,
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use ledger_lease::{Clock, SystemClock};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use nonce_manager::alloy_chain::AlloyChainClient;
+use nonce_manager::cache::{NonceCache, RedisCache};
 use nonce_manager::chain::{ChainClient, ChainError};
 use nonce_manager::{InvalidArgument, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +33,9 @@ pub enum NodeError {
     /// The shared database could not be opened.
     #[error("opening the nonce store")]
     Store(#[from] StoreError),
+    /// The configured Redis cache could not be reached.
+    #[error("connecting to the redis cache")]
+    Cache(#[from] nonce_manager::cache::CacheError),
     /// The chain did not answer `eth_chainId`.
     #[error("chain rpc")]
     Chain(#[from] ChainError),
@@ -105,6 +109,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let chain: Arc<dyn ChainClient> = Arc::new(AlloyChainClient::new(&config.rpc_url)?);
     let chain_id = chain.chain_id().await?;
     let (store, leases, db) = crate::db::open(&config.store, clock.clone()).await?;
+    // Configured means required at start: a node silently running without the cache it
+    // was given would hide a broken deployment. At run time the cache may come and go.
+    let cache: Option<Arc<dyn NonceCache>> = match &config.redis_url {
+        Some(url) => Some(Arc::new(RedisCache::connect(url, "takhin-nonce").await?)),
+        None => None,
+    };
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -148,6 +158,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         chain,
         clock,
         keys,
+        cache,
         held: RwLock::new(HashMap::new()),
         ring: RwLock::new(Arc::new(Ring::default())),
     });

@@ -20,6 +20,7 @@ use std::time::Duration;
 use alloy_primitives::Address;
 use ledger_lease::{Clock, HolderId, LeaseGuard, LeaseManager, LeaseManagerConfig, LeaseStore};
 use nonce_manager::allocator::{Allocator, AllocatorConfig};
+use nonce_manager::cache::NonceCache;
 use nonce_manager::chain::ChainClient;
 use nonce_manager::finality::{Finality, FinalityConfig};
 use nonce_manager::policy::{PolicyConfig, PolicyLoop};
@@ -84,6 +85,7 @@ pub struct Shared {
     pub(crate) chain: Arc<dyn ChainClient>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) keys: HashMap<Address, LocalKey>,
+    pub(crate) cache: Option<Arc<dyn NonceCache>>,
     pub(crate) held: RwLock<HashMap<Address, Arc<SignerRuntime>>>,
     pub(crate) ring: RwLock<Arc<Ring>>,
 }
@@ -231,12 +233,13 @@ impl Shared {
         guard: LeaseGuard,
     ) -> Result<SignerRuntime, (SubmitError, LeaseGuard)> {
         let signer = key.address();
-        let allocator = match Allocator::start(
+        let allocator = match Allocator::start_with_cache(
             self.store.clone(),
             self.chain.clone(),
             signer,
             guard.subscribe(),
             AllocatorConfig::default(),
+            self.cache.clone(),
         ) {
             Ok(allocator) => Arc::new(allocator),
             Err(error) => return Err((error.into(), guard)),

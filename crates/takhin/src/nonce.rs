@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// How long a transaction may stay unmined before it is re-sent or fee-bumped.
     #[arg(long, env = "TAKHIN_NONCE_RESUBMIT_AFTER_MS", default_value_t = 60_000)]
     resubmit_after_ms: u64,
+    /// Redis URL of an optional cache of committed allocations (redis://127.0.0.1:6379/);
+    /// the store stays the source of truth.
+    #[arg(long, env = "TAKHIN_NONCE_REDIS_URL")]
+    redis_url: Option<String>,
     /// Exit when standard input closes (for test harnesses).
     #[arg(long)]
     exit_on_stdin_eof: bool,
@@ -139,6 +143,7 @@ fn node_config(args: ServeArgs) -> anyhow::Result<NodeConfig> {
     config.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
     config.finality_poll = Duration::from_millis(args.finality_poll_ms);
     config.resubmit_after = Duration::from_millis(args.resubmit_after_ms);
+    config.redis_url = args.redis_url.clone();
     Ok(config)
 }
 

@@ -70,6 +70,16 @@ impl Drop for NodeProcess {
 }
 
 fn spawn_node(index: usize, store: &str, rpc_url: &str, dir: &Path) -> NodeProcess {
+    spawn_node_with(index, store, rpc_url, dir, &[])
+}
+
+fn spawn_node_with(
+    index: usize,
+    store: &str,
+    rpc_url: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> NodeProcess {
     let node_id = format!("node-{index}");
     let log = dir.join(format!("{node_id}.log"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_takhin"))
@@ -79,6 +89,7 @@ fn spawn_node(index: usize, store: &str, rpc_url: &str, dir: &Path) -> NodeProce
         .args(["--confirmations", "1", "--finality-poll-ms", "250"])
         .args(["--lease-ttl-ms", &LEASE_TTL.as_millis().to_string()])
         .arg("--exit-on-stdin-eof")
+        .args(extra)
         .env("TAKHIN_NONCE_KEYS", DEV_KEY_0)
         .env("TAKHIN_LOG", "warn,nonce_server=info")
         .stdin(Stdio::piped())
@@ -615,5 +626,59 @@ async fn watch_confirmed_blocks_streams_canonical_blocks_n_deep() {
     assert!(
         early.is_err(),
         "streamed a block less than 3 deep: {early:?}"
+    );
+}
+
+/// `takhin nonce serve --redis-url`: retries are answered through the Redis cache, and the
+/// answers equal the store's (one nonce per request id, gapless).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cache_serves_retries_through_a_node() {
+    let test = "redis_cache_serves_retries_through_a_node";
+    let Some(anvil) = test_support::skip_unless_required(test, Anvil::start(&[])) else {
+        return;
+    };
+    let Some(redis) =
+        test_support::skip_unless_required(test, test_support::redis::RedisServer::start())
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, _store_dir) = sqlite();
+    let node = spawn_node_with(
+        0,
+        &backend.location(),
+        anvil.url(),
+        dir.path(),
+        &["--redis-url", redis.url()],
+    );
+    let chain = AlloyChainClient::new(anvil.url()).unwrap();
+    let base_fee = chain.base_fee().await.unwrap().unwrap_or(1_000_000_000);
+    let max_fee = u64::try_from(base_fee * 4 + 2_000_000_000).unwrap();
+    let clients = Arc::new(vec![client(&node.grpc)]);
+    let deadline = Instant::now() + LEASE_TTL * 4;
+    while view(&clients[0])
+        .await
+        .is_none_or(|v| v.lease_holder.is_empty())
+    {
+        assert!(Instant::now() < deadline, "the node never took the signer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut first = BTreeMap::new();
+    for n in 0..20 {
+        first.insert(n, submit_until_done(clients.clone(), n, 0, max_fee).await);
+    }
+    for n in 0..20 {
+        let again = submit_until_done(clients.clone(), n, 0, max_fee).await;
+        assert_eq!(first[&n], again, "a retry of tx-{n} got another answer");
+    }
+    let nonces: BTreeSet<u64> = first.values().map(|(nonce, _)| *nonce).collect();
+    assert_eq!(nonces, (0..20).collect::<BTreeSet<u64>>());
+    let metrics = scrape(&node.metrics);
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("nonce_manager_cache_lookups_total")),
+        "no cache lookups in /metrics; node log:\n{}",
+        node.log_tail()
     );
 }
