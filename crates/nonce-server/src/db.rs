@@ -80,8 +80,23 @@ pub(crate) async fn open(
             (Arc::new(store), Arc::new(leases), db)
         }
     };
-    for statement in SCHEMA {
-        on_pool!(&db, pool => sqlx::query(statement).execute(pool).await.map(|_| ()))?;
+    // `CREATE INDEX IF NOT EXISTS` locks managed_tx before it finds the index exists, which
+    // can deadlock with live traffic on PostgreSQL: create only what is missing.
+    let present = match &db {
+        Db::Sqlite(_) => false,
+        Db::Postgres(pool) => {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT to_regclass('nonce_node') IS NOT NULL
+                AND to_regclass('managed_tx_updated') IS NOT NULL",
+            )
+            .fetch_one(pool)
+            .await?
+        }
+    };
+    if !present {
+        for statement in SCHEMA {
+            on_pool!(&db, pool => sqlx::query(statement).execute(pool).await.map(|_| ()))?;
+        }
     }
     Ok((store, leases, db))
 }

@@ -102,6 +102,21 @@ pub struct PostgresNonceStore {
     clock: Arc<dyn Clock>,
 }
 
+/// Whether the last objects [`SCHEMA`] adds exist (a catalog read: no table locks). Keep it
+/// in step with `SCHEMA` when that grows.
+async fn schema_is_current(pool: &PgPool) -> Result<bool, StoreError> {
+    let current: bool = sqlx::query_scalar(
+        "SELECT to_regclass('tx_attempt_request') IS NOT NULL
+            AND (SELECT count(*) FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = 'managed_tx'
+                   AND column_name IN ('receipt_block_number', 'receipt_block_hash',
+                                       'receipt_tx_hash', 'receipt_success')) = 4",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(current)
+}
+
 impl PostgresNonceStore {
     /// Connects to `url`, applies the lease and nonce schemas, and returns the nonce store
     /// with a lease store on the same pool.
@@ -127,6 +142,12 @@ impl PostgresNonceStore {
 
     /// Uses the caller's pool (lease schema applied) and applies the nonce schema.
     pub async fn from_pool(pool: PgPool, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        // `ALTER TABLE ... ADD COLUMN IF NOT EXISTS` takes an ACCESS EXCLUSIVE lock even when
+        // the column exists, so a node (or tool) connecting to a live store deadlocked with
+        // running allocations (seen in CI). Migrate only when the newest objects are missing.
+        if schema_is_current(&pool).await? {
+            return Ok(Self { pool, clock });
+        }
         let mut tx = pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK_KEY)
