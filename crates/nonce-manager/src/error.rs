@@ -107,6 +107,11 @@ pub enum SubmitError {
     /// The request id's stored record changed under us, or a write was refused.
     #[error("nonce store")]
     Store(#[from] StoreError),
+    /// The stored record cannot take this call in its current state (for example a
+    /// signed transaction reported for a request that was submitted with its payload, or
+    /// for a record already final). Retrying the same call will not help.
+    #[error("{0}")]
+    Precondition(String),
     /// Signing failed.
     #[error("sign transaction")]
     Sign(#[source] alloy_signer::Error),

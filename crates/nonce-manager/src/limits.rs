@@ -7,6 +7,9 @@ use std::time::Duration;
 pub const REQUEST_ID_BYTES_MAX: usize = 128;
 /// Longest calldata a submitted transaction may carry, in bytes (geth's pool takes 128 KiB).
 pub const CALLDATA_BYTES_MAX: usize = 128 * 1024;
+/// Longest signed transaction ReportSignedTransaction takes: the calldata limit plus room
+/// for the envelope, fields and an access list.
+pub const RAW_TRANSACTION_BYTES_MAX: usize = CALLDATA_BYTES_MAX + 8 * 1024;
 /// Most allocations the batch writer commits in one transaction.
 pub const BATCH_ALLOCATIONS_MAX: usize = 256;
 /// Attempts at one allocation batch when a concurrent insert of the same request id (by

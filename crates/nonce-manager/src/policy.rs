@@ -218,6 +218,11 @@ impl PolicyLoop {
                     if record.nonce != next {
                         continue;
                     }
+                    if record.payload.is_external() {
+                        // Signed elsewhere: only its signer can replace it.
+                        tracing::debug!(request_id = %record.request_id, "externally signed transaction pending; not bumped");
+                        continue;
+                    }
                     self.bump(&record).await?
                 }
             };
@@ -252,7 +257,15 @@ impl PolicyLoop {
     }
 
     /// Signs, stores, then sends a replacement with fees bumped from the newest attempt.
+    /// Refuses an external allocation (AllocateNonce): its transactions are signed by the
+    /// caller, and the manager holds no payload to sign a replacement from.
     pub async fn bump(&self, record: &ManagedTransaction) -> Result<Resubmitted, SubmitError> {
+        if record.payload.is_external() {
+            return Err(SubmitError::Precondition(format!(
+                "request {} was signed elsewhere; only its signer can replace it",
+                record.request_id
+            )));
+        }
         let (max_fee, priority_fee) = match record.attempts.last() {
             Some(last) => (last.max_fee_per_gas, last.max_priority_fee_per_gas),
             None => (

@@ -20,6 +20,10 @@
 //! - **abandoned**: a `Pending` record with no signed attempt older than
 //!   [`ReconcileConfig::abandon_after`] (the caller allocated and never came back) becomes
 //!   `Failed`; its nonce is a gap.
+//! - **external allocations** (AllocateNonce, [`TxPayload::is_external`]) whose nonce is
+//!   used on chain before any attempt was reported are the caller's own transactions, not
+//!   drift: they stay `Pending` for the abandon window (a ReportSignedTransaction then
+//!   moves them to `Tracking`) and are closed as `Failed` after it (`unreported`).
 //! - **gaps**: every nonce from the chain's pending nonce up to the stored next nonce that
 //!   no open record holds (the record is `Failed`, or missing) blocks every later nonce. It
 //!   is filled with a zero-value self-transfer signed by the signer. The filler is stored as
@@ -32,7 +36,7 @@
 //! Metrics: `nonce_manager_drift_alert{signer}` (1 while drift was seen within
 //! [`ReconcileConfig::alert_hold`]), `nonce_manager_drift_events_total{signer}`,
 //! `nonce_manager_reconcile_repairs_total{kind}` (kind: `foreign_nonce`, `adopted`,
-//! `floor_raised`, `abandoned`, `gap_filled`, `resent`),
+//! `floor_raised`, `abandoned`, `unreported`, `gap_filled`, `resent`),
 //! `nonce_manager_reconcile_failures_total`.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -121,6 +125,9 @@ pub struct ReconcileReport {
     pub adopted: Vec<RequestId>,
     /// `Pending` records without attempts given up, now `Failed`.
     pub abandoned: Vec<(RequestId, u64)>,
+    /// External allocations (AllocateNonce) whose nonce was used on chain without a
+    /// ReportSignedTransaction within the abandon window: closed as `Failed`, no drift.
+    pub unreported: Vec<(RequestId, u64)>,
     /// `Reconciling` records re-broadcast and back in `Tracking`.
     pub resent: Vec<RequestId>,
     /// Gap nonces filled, with the filler's hash.
@@ -229,7 +236,21 @@ impl Reconciler {
         let now = self.clock.now();
         let abandon_ms = i64::try_from(self.config.abandon_after.as_millis()).unwrap_or(i64::MAX);
         for record in &open {
-            if record.nonce < latest {
+            let unreported = record.payload.is_external() && record.attempts.is_empty();
+            if record.nonce < latest && unreported {
+                // AllocateNonce's caller signed and sent it and has not reported it (yet):
+                // expected use of the nonce, not drift. Closed once the report window ends.
+                if record.status == TxStatus::Pending
+                    && now.0.saturating_sub(record.created_at.0) >= abandon_ms
+                    && self.set_status(token, record, TxStatus::Failed).await?
+                {
+                    tracing::info!(%signer, request_id = %record.request_id, nonce = record.nonce, "external allocation used on chain and never reported; closed");
+                    repaired("unreported");
+                    report
+                        .unreported
+                        .push((record.request_id.clone(), record.nonce));
+                }
+            } else if record.nonce < latest {
                 if self.any_attempt_mined(record).await? {
                     if record.status != TxStatus::Tracking
                         && self.set_status(token, record, TxStatus::Tracking).await?

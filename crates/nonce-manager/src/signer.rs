@@ -84,6 +84,74 @@ pub struct SignedTx {
     pub raw: Vec<u8>,
 }
 
+/// What a transaction signed elsewhere says about itself ([`decode_signed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedTx {
+    /// The address its signature recovers to.
+    pub from: Address,
+    /// Its EIP-155 chain id.
+    pub chain_id: u64,
+    /// Its nonce.
+    pub nonce: u64,
+    /// Its hash, as the chain will report it.
+    pub hash: B256,
+    /// Fee cap (the gas price of a legacy or EIP-2930 transaction).
+    pub max_fee_per_gas: u128,
+    /// Tip cap (the gas price of a legacy or EIP-2930 transaction).
+    pub max_priority_fee_per_gas: u128,
+}
+
+/// Decodes EIP-2718 bytes (as `eth_sendRawTransaction` takes them) and recovers the
+/// signer. Refuses trailing bytes and transactions without a chain id (replayable on any
+/// chain).
+pub fn decode_signed(raw: &[u8]) -> Result<DecodedTx, InvalidArgument> {
+    use alloy_consensus::transaction::SignerRecoverable;
+    use alloy_consensus::Transaction;
+    use alloy_eips::eip2718::Decodable2718;
+
+    if raw.is_empty() {
+        return Err(InvalidArgument("raw transaction is empty".to_owned()));
+    }
+    if raw.len() > crate::limits::RAW_TRANSACTION_BYTES_MAX {
+        return Err(InvalidArgument(format!(
+            "raw transaction is {} bytes, more than {}",
+            raw.len(),
+            crate::limits::RAW_TRANSACTION_BYTES_MAX
+        )));
+    }
+    let mut rest = raw;
+    let envelope = TxEnvelope::decode_2718(&mut rest).map_err(|error| {
+        InvalidArgument(format!(
+            "raw transaction is not an EIP-2718 transaction: {error}"
+        ))
+    })?;
+    if !rest.is_empty() {
+        return Err(InvalidArgument(format!(
+            "raw transaction has {} trailing bytes",
+            rest.len()
+        )));
+    }
+    let from = envelope.recover_signer().map_err(|error| {
+        InvalidArgument(format!(
+            "raw transaction's signature does not recover: {error}"
+        ))
+    })?;
+    let chain_id = envelope.chain_id().ok_or_else(|| {
+        InvalidArgument("raw transaction has no chain id (pre-EIP-155, replayable)".to_owned())
+    })?;
+    let max_fee_per_gas = envelope.max_fee_per_gas();
+    Ok(DecodedTx {
+        from,
+        chain_id,
+        nonce: envelope.nonce(),
+        hash: *envelope.tx_hash(),
+        max_fee_per_gas,
+        max_priority_fee_per_gas: envelope
+            .max_priority_fee_per_gas()
+            .unwrap_or(max_fee_per_gas),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use alloy_primitives::{Bytes, U256};
@@ -113,6 +181,24 @@ mod tests {
         assert_eq!(first, again);
         assert_eq!(first.hash, alloy_primitives::keccak256(&first.raw));
         assert_ne!(key.sign(31337, 1, &payload).expect("sign").hash, first.hash);
+
+        let decoded = decode_signed(&first.raw).expect("decodes");
+        assert_eq!(
+            (decoded.from, decoded.chain_id, decoded.nonce, decoded.hash),
+            (key.address(), 31337, 0, first.hash)
+        );
+        let mut trailing = first.raw.clone();
+        trailing.push(0);
+        assert!(decode_signed(&trailing).is_err());
+        let mut tampered = first.raw.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        // A changed signature fails to recover or recovers to somebody else.
+        if let Ok(decoded) = decode_signed(&tampered) {
+            assert_ne!(decoded.from, key.address());
+        }
+        assert!(decode_signed(&[]).is_err());
+        assert!(decode_signed(&[0x02, 0xc0]).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use ledger_lease::Clock;
 use crate::allocator::Allocator;
 use crate::chain::{ChainClient, ChainError};
 use crate::error::{AllocateError, InvalidArgument, StoreError, SubmitError};
-use crate::signer::LocalKey;
+use crate::signer::{decode_signed, LocalKey};
 use crate::store::NonceStore;
 use crate::types::{ManagedTransaction, RequestId, TxAttempt, TxPayload, TxStatus};
 
@@ -113,7 +113,123 @@ impl Submitter {
                 attempt
             }
         };
-        let status = match self.chain.send_raw_transaction(&attempt.raw).await {
+        let status = self.send(&record, &attempt).await?;
+        self.store
+            .set_status(signer, token, &record.request_id, status)
+            .await?;
+        self.load(&record.request_id).await
+    }
+
+    /// ReportSignedTransaction: the caller of AllocateNonce signed `raw` (EIP-2718 bytes)
+    /// elsewhere for the nonce allocated under `request_id`. The attempt is checked (it
+    /// must recover to this signer, carry the allocated nonce and this chain's id) and
+    /// stored, fenced, before anything else; with `broadcast` it is then sent and judged
+    /// as SubmitTransaction judges its own, otherwise the caller has sent it. The record
+    /// moves to `Tracking`, where finality follows its receipt like any other; the policy
+    /// loop may re-broadcast the reported bytes but never re-signs them (the manager
+    /// holds no payload for an external allocation).
+    ///
+    /// Idempotent: the same bytes again change nothing (and are sent again with
+    /// `broadcast`). A different transaction for the same nonce (the caller's own fee
+    /// bump) is added as a further attempt; finality accepts whichever is mined.
+    pub async fn report_signed(
+        &self,
+        request_id: &RequestId,
+        raw: &[u8],
+        broadcast: bool,
+    ) -> Result<ManagedTransaction, SubmitError> {
+        let signer = self.key.address();
+        let record = self.load(request_id).await?;
+        if record.signer != signer {
+            return Err(InvalidArgument(format!(
+                "request {request_id} belongs to signer {:#x}, not {signer:#x}",
+                record.signer
+            ))
+            .into());
+        }
+        if !record.payload.is_external() {
+            return Err(SubmitError::Precondition(format!(
+                "request {request_id} was submitted with its payload; the manager signs and \
+                 resubmits its transactions, so it takes no reported ones"
+            )));
+        }
+        let decoded = decode_signed(raw)?;
+        if decoded.from != signer {
+            return Err(InvalidArgument(format!(
+                "the transaction is signed by {:#x}, not by the request's signer {signer:#x}",
+                decoded.from
+            ))
+            .into());
+        }
+        if decoded.chain_id != self.chain_id {
+            return Err(InvalidArgument(format!(
+                "the transaction is for chain {}, this manager's chain is {}",
+                decoded.chain_id, self.chain_id
+            ))
+            .into());
+        }
+        if decoded.nonce != record.nonce {
+            return Err(InvalidArgument(format!(
+                "the transaction carries nonce {}, request {request_id} was allocated nonce {}",
+                decoded.nonce, record.nonce
+            ))
+            .into());
+        }
+        let known = record.attempts.iter().find(|a| a.hash == decoded.hash);
+        if !matches!(
+            record.status,
+            TxStatus::Pending | TxStatus::Tracking | TxStatus::Reconciling
+        ) {
+            if known.is_some() {
+                return Ok(record);
+            }
+            return Err(SubmitError::Precondition(format!(
+                "request {request_id} is {}; signed transactions are taken while it is open",
+                record.status
+            )));
+        }
+        let token = self
+            .allocator
+            .token()
+            .ok_or(AllocateError::LeaseLost(signer))?;
+        let attempt = match known {
+            Some(attempt) => attempt.clone(),
+            None => {
+                let attempt = TxAttempt {
+                    hash: decoded.hash,
+                    max_fee_per_gas: decoded.max_fee_per_gas,
+                    max_priority_fee_per_gas: decoded.max_priority_fee_per_gas,
+                    raw: raw.to_vec().into(),
+                    sent_at: self.clock.now(),
+                };
+                self.store
+                    .record_attempt(signer, token, &record.request_id, &attempt)
+                    .await?;
+                attempt
+            }
+        };
+        let status = if broadcast {
+            self.send(&record, &attempt).await?
+        } else {
+            TxStatus::Tracking
+        };
+        if status != record.status {
+            self.store
+                .set_status(signer, token, &record.request_id, status)
+                .await?;
+        }
+        self.load(&record.request_id).await
+    }
+
+    /// Broadcasts `attempt` (stored already) and judges the node's answer: the status the
+    /// record moves to. "Already known" is ours; "nonce too low" is ours when one of our
+    /// hashes has a receipt, otherwise another transaction took the nonce (`Reconciling`).
+    async fn send(
+        &self,
+        record: &ManagedTransaction,
+        attempt: &TxAttempt,
+    ) -> Result<TxStatus, SubmitError> {
+        Ok(match self.chain.send_raw_transaction(&attempt.raw).await {
             Ok(hash) => {
                 if hash != attempt.hash {
                     tracing::warn!(request_id = %record.request_id, ours = %attempt.hash, node = %hash, "node reported another hash");
@@ -122,7 +238,7 @@ impl Submitter {
             }
             Err(ChainError::AlreadyKnown) => TxStatus::Tracking,
             Err(ChainError::NonceTooLow) => {
-                if self.any_attempt_mined(&record, &attempt).await? {
+                if self.any_attempt_mined(record, attempt).await? {
                     TxStatus::Tracking
                 } else {
                     tracing::warn!(request_id = %record.request_id, nonce = record.nonce, "nonce used by another transaction");
@@ -136,11 +252,7 @@ impl Submitter {
                 TxStatus::Reconciling
             }
             Err(error) => return Err(SubmitError::Chain(error)),
-        };
-        self.store
-            .set_status(signer, token, &record.request_id, status)
-            .await?;
-        self.load(&record.request_id).await
+        })
     }
 
     async fn load(&self, request_id: &RequestId) -> Result<ManagedTransaction, SubmitError> {

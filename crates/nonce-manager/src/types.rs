@@ -72,6 +72,26 @@ pub struct TxPayload {
 }
 
 impl TxPayload {
+    /// The payload of an allocation for a caller who signs elsewhere (AllocateNonce):
+    /// nothing of the transaction is known. Zero gas marks it ([`TxPayload::validate`]
+    /// refuses zero gas, so SubmitTransaction never stores one).
+    pub fn external() -> Self {
+        Self {
+            to: Address::ZERO,
+            value: U256::ZERO,
+            data: Bytes::new(),
+            gas_limit: 0,
+            max_fee_per_gas: 0,
+            max_priority_fee_per_gas: 0,
+        }
+    }
+
+    /// True for [`TxPayload::external`]: the manager holds no transaction it could sign
+    /// for this nonce; only attempts the caller reports are sent, never re-signed.
+    pub fn is_external(&self) -> bool {
+        self.gas_limit == 0
+    }
+
     /// Checks what the chain would reject anyway, before a nonce is spent on it.
     pub fn validate(&self) -> Result<(), InvalidArgument> {
         if self.data.len() > limits::CALLDATA_BYTES_MAX {

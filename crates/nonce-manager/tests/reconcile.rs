@@ -300,3 +300,164 @@ async fn abandoned_nonce_gap_is_filled_so_later_nonces_mine() {
     );
     eprintln!("gap: {:?}", started.elapsed());
 }
+
+/// Anvil's dev account 1 (a published test key): somebody who is not the signer.
+const OTHER_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn externally_signed_transactions_are_reported_tracked_and_not_drift() {
+    let Some(anvil) = test_support::skip_unless_required("reconcile_external", Anvil::start(None))
+    else {
+        return;
+    };
+    let h = Harness::new(anvil.url()).await;
+    let reconciler = h.reconciler(ReconcileConfig::default()).await;
+    let id = |s: &str| RequestId::new(s).unwrap();
+    let external = |s: &'static str| {
+        let allocator = h.allocator.clone();
+        async move {
+            allocator
+                .allocate(RequestId::new(s).unwrap(), TxPayload::external())
+                .await
+                .unwrap()
+                .nonce
+        }
+    };
+    let stored = |s: &'static str| {
+        let store = h.store.clone();
+        async move {
+            store
+                .transaction(&RequestId::new(s).unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+
+    // Reported with broadcast: the manager sends the caller's bytes and tracks them.
+    assert_eq!(external("ext-0").await, 0);
+    let signed = h.key.sign(31337, 0, &Harness::payload(0)).unwrap();
+    let record = h
+        .submitter
+        .report_signed(&id("ext-0"), &signed.raw, true)
+        .await
+        .unwrap();
+    assert_eq!(record.status, TxStatus::Tracking);
+    assert_eq!(record.attempts.len(), 1);
+    assert_eq!(record.attempts[0].hash, signed.hash);
+    h.wait_latest(1).await;
+    assert!(h.chain.receipt(signed.hash).await.unwrap().is_some());
+
+    // Bad reports: refused with a clear error, the record untouched.
+    let wrong_nonce = h.key.sign(31337, 7, &Harness::payload(0)).unwrap();
+    let other = LocalKey::from_hex(OTHER_KEY).unwrap();
+    let wrong_signer = other.sign(31337, 0, &Harness::payload(0)).unwrap();
+    let wrong_chain = h.key.sign(1, 0, &Harness::payload(0)).unwrap();
+    for (raw, expected) in [
+        (wrong_nonce.raw.clone(), "nonce 7"),
+        (wrong_signer.raw.clone(), "signed by"),
+        (wrong_chain.raw.clone(), "chain 1"),
+        (vec![0x02, 0x01, 0x02], "not an EIP-2718"),
+        (Vec::new(), "empty"),
+    ] {
+        let error = h
+            .submitter
+            .report_signed(&id("ext-0"), &raw, true)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(expected), "{expected}: {error}");
+    }
+    assert_eq!(stored("ext-0").await.attempts.len(), 1);
+    let ours = h.submit("ours-1", 1).await;
+    assert_eq!(ours.nonce, 1);
+    let error = h
+        .submitter
+        .report_signed(&id("ours-1"), &signed.raw, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, nonce_manager::SubmitError::Precondition(_)),
+        "{error:?}"
+    );
+    assert!(h
+        .submitter
+        .report_signed(&id("missing"), &signed.raw, false)
+        .await
+        .is_err());
+    h.wait_latest(2).await;
+
+    // Sent by the caller, not reported yet: its use of the nonce is not drift, and the
+    // record waits (Pending) for the report; a late report (without broadcast) is taken,
+    // and taken again idempotently.
+    assert_eq!(external("ext-2").await, 2);
+    let own_send = h.key.sign(31337, 2, &Harness::payload(2)).unwrap();
+    let provider = RootProvider::<Ethereum>::new_http(h.url.parse().unwrap());
+    let _pending = provider.send_raw_transaction(&own_send.raw).await.unwrap();
+    h.wait_latest(3).await;
+    let report = reconciler.run_once().await.unwrap();
+    assert!(!report.drift, "{report:?}");
+    assert!(
+        report.foreign.is_empty() && report.unreported.is_empty(),
+        "{report:?}"
+    );
+    assert!(!reconciler.drift_alert());
+    assert_eq!(stored("ext-2").await.status, TxStatus::Pending);
+    let late = h
+        .submitter
+        .report_signed(&id("ext-2"), &own_send.raw, false)
+        .await
+        .unwrap();
+    assert_eq!(late.status, TxStatus::Tracking);
+    let again = h
+        .submitter
+        .report_signed(&id("ext-2"), &own_send.raw, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.status, again.attempts.len()),
+        (TxStatus::Tracking, 1)
+    );
+
+    // The policy loop never re-signs an external allocation.
+    let policy = nonce_manager::policy::PolicyLoop::new(
+        h.store.clone(),
+        h.chain.clone(),
+        h.allocator.clone(),
+        h.key.clone(),
+        h.clock.clone(),
+        nonce_manager::policy::PolicyConfig::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        policy.bump(&again).await,
+        Err(nonce_manager::SubmitError::Precondition(_))
+    ));
+
+    // Never reported within the window: closed as Failed, still not drift.
+    assert_eq!(external("ext-3").await, 3);
+    let unreported = h.key.sign(31337, 3, &Harness::payload(3)).unwrap();
+    let _pending = provider
+        .send_raw_transaction(&unreported.raw)
+        .await
+        .unwrap();
+    h.wait_latest(4).await;
+    let closing = h
+        .reconciler(ReconcileConfig {
+            abandon_after: Duration::ZERO,
+            ..ReconcileConfig::default()
+        })
+        .await;
+    let report = closing.run_once().await.unwrap();
+    assert!(!report.drift, "{report:?}");
+    assert_eq!(report.unreported, vec![(id("ext-3"), 3)]);
+    assert!(report.gaps_filled.is_empty(), "{report:?}");
+    assert_eq!(stored("ext-3").await.status, TxStatus::Failed);
+    let error = h
+        .submitter
+        .report_signed(&id("ext-3"), &unreported.raw, false)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("is failed"), "{error}");
+}

@@ -72,19 +72,6 @@ pub(crate) fn payload(
     Ok(payload)
 }
 
-/// What AllocateNonce stores as the payload: the caller signs elsewhere, so nothing of
-/// the transaction is known. Zero gas marks it; SubmitTransaction never stores one.
-pub(crate) fn external_payload() -> TxPayload {
-    TxPayload {
-        to: Address::ZERO,
-        value: U256::ZERO,
-        data: Bytes::new(),
-        gas_limit: 0,
-        max_fee_per_gas: 0,
-        max_priority_fee_per_gas: 0,
-    }
-}
-
 pub(crate) fn status(status: TxStatus) -> proto::TransactionStatus {
     match status {
         TxStatus::Pending => proto::TransactionStatus::Pending,

@@ -258,7 +258,7 @@ impl NonceService {
                 Route::Local(runtime) => {
                     let result = runtime
                         .allocator
-                        .allocate(request_id.clone(), convert::external_payload())
+                        .allocate(request_id.clone(), TxPayload::external())
                         .await;
                     match result {
                         Ok(allocation) => {
@@ -278,6 +278,47 @@ impl NonceService {
                 Route::Forward(mut client) => {
                     let request = self.forward_request(message)?;
                     return Ok(client.allocate_nonce(request).await?.into_inner());
+                }
+            }
+        }
+    }
+
+    async fn report_signed(
+        &self,
+        request: Request<proto::ReportSignedTransactionRequest>,
+    ) -> Result<proto::ReportSignedTransactionResponse, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
+        let message = request.into_inner();
+        let request_id = convert::request_id(&message.request_id).map_err(status::invalid)?;
+        let signer = convert::address("signer", &message.signer).map_err(status::invalid)?;
+        let mut rerouted = false;
+        loop {
+            match self.route(signer, forwarded).await? {
+                Route::Local(runtime) => {
+                    let result = runtime
+                        .submitter
+                        .report_signed(&request_id, &message.raw_transaction, message.broadcast)
+                        .await;
+                    match result {
+                        Ok(record) => {
+                            return Ok(proto::ReportSignedTransactionResponse {
+                                transaction: Some(convert::transaction(&record)),
+                                served_by: self.node_id(),
+                            })
+                        }
+                        Err(_) if !runtime.is_active() && !rerouted => {
+                            rerouted = true;
+                            continue;
+                        }
+                        Err(error) => return Err(status::submit(&error)),
+                    }
+                }
+                Route::Forward(mut client) => {
+                    let request = self.forward_request(message)?;
+                    return Ok(client
+                        .report_signed_transaction(request)
+                        .await?
+                        .into_inner());
                 }
             }
         }
@@ -440,6 +481,17 @@ impl NonceManager for NonceService {
         request: Request<proto::AllocateNonceRequest>,
     ) -> Result<Response<proto::AllocateNonceResponse>, Status> {
         observe("allocate_nonce", self.allocate(request).await).map(Response::new)
+    }
+
+    async fn report_signed_transaction(
+        &self,
+        request: Request<proto::ReportSignedTransactionRequest>,
+    ) -> Result<Response<proto::ReportSignedTransactionResponse>, Status> {
+        observe(
+            "report_signed_transaction",
+            self.report_signed(request).await,
+        )
+        .map(Response::new)
     }
 
     async fn get_signer_view(

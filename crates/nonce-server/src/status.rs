@@ -63,6 +63,7 @@ pub fn submit(error: &SubmitError) -> Status {
         SubmitError::InvalidArgument(error) => Status::invalid_argument(error.0.clone()),
         SubmitError::Allocate(error) => allocate(error),
         SubmitError::Store(error) => store(error),
+        SubmitError::Precondition(message) => Status::failed_precondition(message.clone()),
         SubmitError::Sign(error) => Status::internal(format!("signing failed: {error}")),
         SubmitError::Chain(error) => chain("broadcast (the signed attempt is stored)", error),
     }

@@ -60,9 +60,12 @@ pub struct BenchQueryArgs {
     /// Key derivation seed (same seed, same owners).
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// Concurrent gRPC clients, each on its own connection, one request in flight each.
+    /// Concurrent gRPC clients, one request in flight each.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
+    /// HTTP/2 connections the clients share round robin [default: one per client].
+    #[arg(long)]
+    pub connections: Option<usize>,
     /// Seconds each query kind is measured.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
@@ -313,15 +316,17 @@ async fn bench_query(args: BenchQueryArgs) -> anyhow::Result<()> {
             kind,
             &owners,
             args.clients,
+            args.connections.unwrap_or(args.clients),
             Duration::from_secs(args.seconds),
         )
         .await
         .context("connecting the load clients")?;
         let micros = |d: Duration| d.as_secs_f64() * 1e6;
         eprintln!(
-            "bench-query: {:<18} {} clients: {:.0} q/s, p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us, {} errors, {:.1} results/query",
+            "bench-query: {:<18} {} clients on {} connections: {:.0} q/s, p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us, {} errors, {:.1} results/query",
             kind.name(),
             report.n_clients,
+            report.n_connections,
             report.queries_per_second,
             micros(report.p50),
             micros(report.p99),
@@ -333,6 +338,7 @@ async fn bench_query(args: BenchQueryArgs) -> anyhow::Result<()> {
         results.push(json!({
             "query": kind.name(),
             "clients": report.n_clients,
+            "connections": report.n_connections,
             "ok": report.n_ok,
             "errors": report.n_errors,
             "seconds": report.elapsed.as_secs_f64(),

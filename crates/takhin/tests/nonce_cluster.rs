@@ -682,3 +682,138 @@ async fn redis_cache_serves_retries_through_a_node() {
         node.log_tail()
     );
 }
+
+/// AllocateNonce for a caller who signs elsewhere, then ReportSignedTransaction: two nodes
+/// (the call reaches the holder from either), the caller signs with its own copy of the
+/// key, the report is broadcast by the node and the record reaches Confirmed; bad reports
+/// get INVALID_ARGUMENT or FAILED_PRECONDITION and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocate_then_report_signed_transaction_confirms() {
+    use nonce_manager::signer::LocalKey;
+    use nonce_server::proto::{
+        AllocateNonceRequest, GetTransactionRequest, ReportSignedTransactionRequest,
+        TransactionStatus,
+    };
+
+    let test = "allocate_then_report_signed_transaction_confirms";
+    let Some(anvil) = test_support::skip_unless_required(test, Anvil::start(&[])) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, _store_dir) = sqlite();
+    let nodes: Vec<NodeProcess> = (0..2)
+        .map(|index| spawn_node(index, &backend.location(), anvil.url(), dir.path()))
+        .collect();
+    let clients: Vec<_> = nodes.iter().map(|node| client(&node.grpc)).collect();
+    let deadline = Instant::now() + LEASE_TTL * 4;
+    while view(&clients[0])
+        .await
+        .is_none_or(|v| v.lease_holder.is_empty())
+    {
+        assert!(Instant::now() < deadline, "no node took the signer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let chain = AlloyChainClient::new(anvil.url()).unwrap();
+    let chain_id = chain.chain_id().await.unwrap();
+    let base_fee = chain.base_fee().await.unwrap().unwrap_or(1_000_000_000);
+    let key = LocalKey::from_hex(DEV_KEY_0).unwrap();
+    let payload = |n: u64| TxPayload {
+        to: Address::repeat_byte(0x42),
+        value: alloy_primitives::U256::from(n + 1),
+        data: alloy_primitives::Bytes::new(),
+        gas_limit: 21_000,
+        max_fee_per_gas: base_fee * 4 + 2_000_000_000,
+        max_priority_fee_per_gas: 1_000_000_000,
+    };
+    let mut hashes = Vec::new();
+    for n in 0..4u64 {
+        let mut client = clients[n as usize % 2].clone();
+        let request_id = format!("external-{n}");
+        let allocated = client
+            .allocate_nonce(AllocateNonceRequest {
+                request_id: request_id.clone(),
+                signer: SIGNER.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(allocated.nonce, n);
+        let signed = key.sign(chain_id, allocated.nonce, &payload(n)).unwrap();
+        if n == 0 {
+            let wrong = key.sign(chain_id, 9, &payload(n)).unwrap();
+            let error = client
+                .report_signed_transaction(ReportSignedTransactionRequest {
+                    request_id: request_id.clone(),
+                    signer: SIGNER.to_owned(),
+                    raw_transaction: wrong.raw,
+                    broadcast: true,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+            assert!(error.message().contains("nonce 9"), "{error:?}");
+        }
+        let reported = clients[(n as usize + 1) % 2]
+            .clone()
+            .report_signed_transaction(ReportSignedTransactionRequest {
+                request_id,
+                signer: SIGNER.to_owned(),
+                raw_transaction: signed.raw,
+                broadcast: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let record = reported.transaction.unwrap();
+        assert_eq!(record.nonce, n);
+        assert_eq!(record.status(), TransactionStatus::Tracking);
+        assert_eq!(record.attempts.len(), 1, "{record:?}");
+        hashes.push(format!("{:#x}", signed.hash));
+    }
+    // SubmitTransaction's records take no reports.
+    let max_fee = u64::try_from(base_fee * 4 + 2_000_000_000).unwrap();
+    let submitted = submit_until_done(Arc::new(clients.clone()), 4, 0, max_fee).await;
+    assert_eq!(submitted.0, 4);
+    let stray = key.sign(chain_id, 4, &payload(4)).unwrap();
+    let error = clients[0]
+        .clone()
+        .report_signed_transaction(ReportSignedTransactionRequest {
+            request_id: "tx-4".to_owned(),
+            signer: SIGNER.to_owned(),
+            raw_transaction: stray.raw,
+            broadcast: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (n, hash) in hashes.iter().enumerate() {
+        loop {
+            let record = clients[0]
+                .clone()
+                .get_transaction(GetTransactionRequest {
+                    request_id: format!("external-{n}"),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .transaction
+                .unwrap();
+            assert_eq!(&record.attempts[0].hash, hash);
+            if record.status() == TransactionStatus::Confirmed {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "external-{n} not confirmed: {record:?}\n{}",
+                nodes[0].log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(
+        chain.latest_nonce(SIGNER.parse().unwrap()).await.unwrap(),
+        5
+    );
+}

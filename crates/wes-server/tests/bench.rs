@@ -40,11 +40,13 @@ async fn loader_and_query_load_agree_with_the_store() {
         QueryKind::UtxosByAddress,
         &owners,
         2,
+        1,
         Duration::from_millis(300),
     )
     .await
     .unwrap();
     assert_eq!(utxos.n_errors, 0);
+    assert_eq!((utxos.n_clients, utxos.n_connections), (2, 1));
     assert!(utxos.n_ok > 0 && utxos.p50 <= utxos.p99 && utxos.p99 <= utxos.max);
     // Each owner holds report.n_utxos / 300 on average; round robin visits them evenly.
     let mean = report.n_utxos as f64 / owners.len() as f64;
@@ -57,6 +59,7 @@ async fn loader_and_query_load_agree_with_the_store() {
         running.grpc_addr,
         QueryKind::Balance,
         &owners,
+        2,
         2,
         Duration::from_millis(300),
     )
