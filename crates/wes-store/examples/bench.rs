@@ -5,7 +5,8 @@
 //! Loader: the generator's genesis, then fan-out blocks whose transactions each consume one
 //! native output and create 256 (the generator's `next_block` scans every owner per block
 //! and needs an in-memory `UtxoState`, too slow for a million outputs). Transfers: blocks of
-//! 2,000 transactions, each consuming 2 outputs of one owner and creating 2 for another.
+//! 2,000 transactions, each consuming 2 outputs of one owner and creating 2 for another;
+//! then chained transfers, each block spending the outputs the block before it created.
 //! Every block is validated (signatures included), appended to the repository with an
 //! fsync, and applied to the coins cache; the cache flushes every 200,000 dirty entries
 //! (`WES_BENCH_FLUSH_DIRTY` overrides). Each phase reports apply (log append + coins cache)
@@ -309,6 +310,7 @@ fn main() {
     let mut timer = Timer::default();
     let mut owner_index = 0usize;
     let mut sign_time = Duration::ZERO;
+    let mut last_block = None;
     for _ in 0..N_TRANSFER_BLOCKS {
         let tip = store.tip().unwrap();
         let (height, timestamp) = (tip.height + 1, tip.timestamp + gen::BLOCK_INTERVAL_SECONDS);
@@ -340,12 +342,52 @@ fn main() {
         sign_time += sign_started.elapsed();
         let block = next_block(&store, transactions);
         timer.apply(&mut store, &block);
+        last_block = Some(block);
     }
     timer.flush(&mut store);
     println!(
         "transfers: {N_TRANSFER_BLOCKS} blocks x {TXS_PER_BLOCK} txs (built+signed in {sign_time:?})"
     );
     timer.print("transfers");
+
+    // Chained transfers: each block spends the two outputs of every transaction of the
+    // block before it (young coins, the common case on a real chain). A coin created and
+    // spent between two flushes never reaches redb (the cache's FRESH entries).
+    let mut timer = Timer::default();
+    let mut previous: Vec<pb::Transaction> = last_block
+        .map(|block| block.transactions[1..].to_vec())
+        .unwrap_or_default();
+    for round in 0..N_TRANSFER_BLOCKS {
+        let tip = store.tip().unwrap();
+        let (height, timestamp) = (tip.height + 1, tip.timestamp + gen::BLOCK_INTERVAL_SECONDS);
+        let transactions: Vec<pb::Transaction> = previous
+            .iter()
+            .enumerate()
+            .map(|(index, transaction)| {
+                let id = model::tx_id(transaction);
+                let spent: Vec<pb::Utxo> = (0..transaction.outputs.len() as u32)
+                    .map(|output| store.utxo(&OutPointKey::new(id, output)).unwrap().unwrap())
+                    .collect();
+                let recipient = (index * 31 + round * 7 + 1) % N_OWNERS;
+                pay(
+                    &generator,
+                    &spent,
+                    std::iter::repeat(recipient),
+                    2,
+                    height,
+                    timestamp,
+                )
+            })
+            .collect();
+        let block = next_block(&store, transactions);
+        timer.apply(&mut store, &block);
+        previous = block.transactions[1..].to_vec();
+    }
+    timer.flush(&mut store);
+    println!(
+        "chained transfers: {N_TRANSFER_BLOCKS} blocks, each spending the previous block's outputs"
+    );
+    timer.print("chained");
 
     // Queries on the flushed store, random owners.
     let owners: Vec<_> = (0..N_QUERIES)

@@ -51,6 +51,10 @@ use crate::store::{FlushBatch, UtxoStore, UtxoWrite};
 struct Dirty {
     owner: Address,
     category: u8,
+    /// Created since the last flush while the store holds nothing at this outpoint (Bitcoin
+    /// Core's FRESH coins): spending it drops the entry instead of leaving a tombstone, so
+    /// an output created and spent between two flushes never reaches the store.
+    fresh: bool,
     /// Boxed: a record is a few hundred bytes, and the map moves its entries when it grows.
     record: Option<Box<StoredRecord>>,
 }
@@ -487,12 +491,17 @@ impl CoinsCache {
 
     // ---- writes ----
 
+    /// Writes `record` (or its removal, `None`) at `outpoint` into the dirty set.
+    /// `created`: a new record (a block's output, or one a rollback restores), which the
+    /// store cannot hold unless the dirty set shadows it (outpoints are unique while live);
+    /// otherwise a change to a record that may be on disk.
     fn put(
         &mut self,
         outpoint: OutPointKey,
         owner: Address,
         category: u8,
         record: Option<StoredRecord>,
+        created: bool,
     ) {
         if record.is_some() {
             self.live_by_owner
@@ -505,11 +514,20 @@ impl CoinsCache {
                 self.live_by_owner.remove(&owner);
             }
         }
+        // An entry keeps its flag (a tombstone shadows a record on disk; a fresh entry has
+        // nothing under it); without one, the store holds what `raw` read.
+        let existing = self.utxos.get(&outpoint).map(|dirty| dirty.fresh);
+        if record.is_none() && existing == Some(true) {
+            self.utxos.remove(&outpoint);
+            return;
+        }
+        let fresh = existing.unwrap_or(created && record.is_some());
         self.utxos.insert(
             outpoint,
             Dirty {
                 owner,
                 category,
+                fresh,
                 record: record.map(Box::new),
             },
         );
@@ -553,7 +571,7 @@ impl CoinsCache {
             }
         }
         debug_assert!(self.raw(&outpoint)?.is_none(), "{outpoint} inserted twice");
-        self.put(outpoint, owner, category, Some(record));
+        self.put(outpoint, owner, category, Some(record), true);
         Ok(())
     }
 
@@ -569,7 +587,7 @@ impl CoinsCache {
             self.expiry
                 .insert((constraints.expires_at_timestamp, *outpoint), false);
         }
-        self.put(*outpoint, owner, category, None);
+        self.put(*outpoint, owner, category, None, false);
         Ok(Some(record))
     }
 
@@ -631,7 +649,7 @@ impl CoinsCache {
                 if let Some(utxo) = record.utxo.as_mut() {
                     utxo.status = pb::UtxoLifecycleStatus::Expired as i32;
                 }
-                self.put(outpoint, owner, category, Some(record));
+                self.put(outpoint, owner, category, Some(record), false);
                 undo.expired.push(outpoint.to_bytes().to_vec());
             }
         }
@@ -759,7 +777,7 @@ impl CoinsCache {
                 if let Some(expires_at) = expires_at {
                     self.expiry.insert((expires_at, outpoint), true);
                 }
-                self.put(outpoint, owner, category, Some(record));
+                self.put(outpoint, owner, category, Some(record), false);
             }
         }
         for admission in &undo.released {
