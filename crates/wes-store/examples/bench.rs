@@ -23,6 +23,10 @@ use wes_utxo::locking::build;
 use wes_utxo::model::{self, AssetId, OutPointKey};
 use wes_utxo::{pb, ChainParams};
 
+/// The allocator `takhin` links (crates/takhin/src/main.rs), so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const N_OWNERS: usize = 100_000;
 const N_UTXOS: usize = 1_000_000;
 const FAN_OUT: usize = 256;

@@ -23,6 +23,10 @@ use wes_utxo_client::{
     UtxoClientService, UtxoSystem,
 };
 
+/// The allocator `takhin` links (crates/takhin/src/main.rs), so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn blocks(n: usize) -> Vec<pb::Block> {
     let mut generator = ChainGenerator::new(1, 4);
     let genesis = generator.genesis();
