@@ -24,7 +24,9 @@
 //!
 //! **Architecture Invariant:** a block enters the repository only after it validated on
 //! the UTXO state at its parent, so the UTXO system never meets a repository block it must
-//! reject; the repository only grows through SubmitBlock (no reorg over the API yet).
+//! reject; the repository grows only through SubmitBlock and shrinks only through
+//! RollbackTo (a reorg within the store's undo depth), after which the coordinator rolls the
+//! UTXO state back to the repository's tip.
 
 pub mod bench;
 pub mod config;

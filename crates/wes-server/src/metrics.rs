@@ -6,7 +6,8 @@
 //! breaker state and transitions, lag, tips) and the server's own:
 //! - `wes_server_requests_total{method, code}`: answered RPCs by gRPC code;
 //! - `wes_server_request_duration_seconds{method}`: histogram;
-//! - `wes_server_blocks_submitted_total`, `wes_server_blocks_rejected_total{code}`;
+//! - `wes_server_blocks_submitted_total`, `wes_server_blocks_rejected_total{code}`,
+//!   `wes_server_blocks_rolled_back_total`;
 //! - `wes_server_utxo_blocks_applied`: blocks this process applied to the store (gauge).
 //!
 //! The counters of the pipeline are registered at zero on start, so every name is present
@@ -35,6 +36,8 @@ pub const REQUESTS: &str = "wes_server_requests_total";
 pub const REQUEST_SECONDS: &str = "wes_server_request_duration_seconds";
 /// Blocks accepted by SubmitBlock (appended to the repository).
 pub const BLOCKS_SUBMITTED: &str = "wes_server_blocks_submitted_total";
+/// Blocks removed from the repository by RollbackTo (the UTXO state rolls them back).
+pub const BLOCKS_ROLLED_BACK: &str = "wes_server_blocks_rolled_back_total";
 /// Blocks refused by SubmitBlock, by gRPC code.
 pub const BLOCKS_REJECTED: &str = "wes_server_blocks_rejected_total";
 /// Blocks this process applied to the store.
@@ -78,6 +81,7 @@ pub(crate) fn register_zeroes() {
         client::ROLLBACKS,
         client::COORDINATOR_RUNS,
         BLOCKS_SUBMITTED,
+        BLOCKS_ROLLED_BACK,
     ] {
         metrics::counter!(name).increment(0);
     }

@@ -223,6 +223,73 @@ impl Shared {
         })
     }
 
+    /// RollbackTo (see the proto): serialised with SubmitBlock. The UTXO state first
+    /// catches up with the repository, so the depth check covers every block removed; the
+    /// repository is truncated (durable), then the coordinator rolls the state back, as it
+    /// does after a crash between the two.
+    async fn rollback_to(
+        &self,
+        request: pb::RollbackToRequest,
+    ) -> Result<pb::RollbackToResponse, Status> {
+        let height = request.height;
+        let deadline = Instant::now() + self.submit_timeout;
+        let _serial = self.submit_lock.lock().await;
+        let repository_tip = self.repository_tip()?.ok_or_else(|| {
+            Status::failed_precondition("the repository is empty: nothing to roll back")
+        })?;
+        let hash = self
+            .repository
+            .hash_at(height)
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "no block at height {height} (repository tip {})",
+                    describe(Some(repository_tip))
+                ))
+            })?;
+        if !request.hash.is_empty() && request.hash[..] != hash.0[..] {
+            return Err(Status::failed_precondition(format!(
+                "the block at height {height} is {}, not {}",
+                hex(&hash.0),
+                hex(&request.hash)
+            )));
+        }
+        let target = Tip { height, hash };
+        if height == repository_tip.height {
+            return Ok(pb::RollbackToResponse {
+                position: Some(position(target)),
+                removed: 0,
+            });
+        }
+        self.wait_for_utxo_tip(Some(repository_tip), deadline)
+            .await?;
+        let reachable = self
+            .served
+            .read(move |store| Ok(store.can_roll_back_to(height)))
+            .await
+            .map_err(store_status)?;
+        if !reachable {
+            return Err(Status::failed_precondition(format!(
+                "height {height} is deeper than the undo data kept below the tip {} \
+                 (max_undo_depth); nothing changed",
+                describe(Some(repository_tip))
+            )));
+        }
+        let repository = self.repository.clone();
+        tokio::task::spawn_blocking(move || repository.truncate_from(height + 1))
+            .await
+            .map_err(|error| Status::internal(format!("truncate task failed: {error}")))?
+            .map_err(store_status)?;
+        metrics::counter!(names::BLOCKS_ROLLED_BACK).increment(repository_tip.height - height);
+        tracing::info!(height, from = repository_tip.height, "rollback requested");
+        self.wait_for_utxo_tip(Some(target), Instant::now() + self.submit_timeout)
+            .await?;
+        Ok(pb::RollbackToResponse {
+            position: Some(position(target)),
+            removed: repository_tip.height - height,
+        })
+    }
+
     async fn notify_block_added(
         &self,
         request: pb::NotifyBlockAddedRequest,
@@ -550,6 +617,13 @@ impl pb::utxo_service_server::UtxoService for UtxoGrpc {
         request: Request<pb::SubmitBlockRequest>,
     ) -> Result<Response<pb::SubmitBlockResponse>, Status> {
         rpc!("SubmitBlock", request, self.shared.submit_block(request))
+    }
+
+    async fn rollback_to(
+        &self,
+        request: Request<pb::RollbackToRequest>,
+    ) -> Result<Response<pb::RollbackToResponse>, Status> {
+        rpc!("RollbackTo", request, self.shared.rollback_to(request))
     }
 
     async fn notify_block_added(

@@ -531,3 +531,88 @@ async fn metrics_endpoint_serves_pipeline_and_request_series() {
     }
     running.shutdown().await.unwrap();
 }
+
+/// RollbackTo: a reorg over the API. Blocks above the target leave the repository and the
+/// UTXO state answers every query exactly as it did at the target; a fork block then
+/// extends the new branch. A height deeper than the undo data, an unknown height or a hash
+/// guard that does not match is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_to_restores_the_state_and_takes_a_fork() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path(), false);
+    config.params.max_undo_depth = 3;
+    let running = wes_server::serve(config).await.unwrap();
+    let mut client = wes_server::connect(running.grpc_addr).await.unwrap();
+    // Two generators with one seed make the same blocks until they are asked differently.
+    let (mut main, mut fork) = (Chain::new(23, 8), Chain::new(23, 8));
+    for _ in 0..4 {
+        let block = main.next(3);
+        assert_eq!(block, fork.next(3));
+        submit(&mut client, &block, true).await;
+    }
+    let at_3 = fingerprint(&mut client, &main).await;
+    let hash_3 = wes_utxo::model::block_hash(main.blocks[3].header.as_ref().unwrap());
+    for _ in 0..3 {
+        let block = main.next(3);
+        submit(&mut client, &block, true).await;
+    }
+    wait_synced(&mut client, 6).await;
+    let at_6 = fingerprint(&mut client, &main).await;
+    let rollback = |height: u64, hash: Vec<u8>| pb::RollbackToRequest { height, hash };
+
+    for (request, expected) in [
+        (rollback(2, Vec::new()), "deeper than the undo data"),
+        (rollback(9, Vec::new()), "no block at height 9"),
+        (rollback(3, vec![7; 32]), "not 0707"),
+    ] {
+        let (code, message) = code_of(client.rollback_to(request).await);
+        assert_eq!(code, Code::FailedPrecondition, "{message}");
+        assert!(message.contains(expected), "{expected}: {message}");
+    }
+    assert_eq!(
+        fingerprint(&mut client, &main).await,
+        at_6,
+        "a refusal changed state"
+    );
+
+    let answer = client
+        .rollback_to(rollback(3, hash_3.0.to_vec()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.removed, 3);
+    assert_eq!(answer.position.unwrap().height, 3);
+    wait_synced(&mut client, 3).await;
+    assert_eq!(fingerprint(&mut client, &main).await, at_3);
+    // Again: already the tip, nothing removed.
+    let again = client
+        .rollback_to(rollback(3, Vec::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.removed, 0);
+
+    // The fork: a different block 4 on block 3.
+    let fork_4 = fork.next(1);
+    assert_ne!(fork_4, main.blocks[4]);
+    let response = submit(&mut client, &fork_4, true).await;
+    assert!(response.applied && !response.already_present);
+    wait_synced(&mut client, 4).await;
+    assert_ne!(fingerprint(&mut client, &fork).await, at_3);
+    // Every owner's balance agrees with a replay of the fork.
+    for owner in fork.generator.owners() {
+        let served = client
+            .get_balance(pb::GetBalanceRequest {
+                address: owner.address.0.to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let replayed = fork
+            .reference
+            .balance(&owner.address, &AssetId::Native)
+            .to_string();
+        assert_eq!(served.native_coin_balance, replayed);
+    }
+    running.shutdown().await.unwrap();
+}

@@ -222,6 +222,14 @@ impl CoinsCache {
         self.flush_totals
     }
 
+    /// True when the tip can be rolled back block by block until `height` is the tip:
+    /// every block above `height` still has undo data (`max_undo_depth`).
+    pub fn can_roll_back_to(&self, height: u64) -> bool {
+        self.params.max_undo_depth > 0
+            && self.tip.is_some_and(|tip| height < tip.height)
+            && height + 1 >= self.undo_floor
+    }
+
     /// Whether the flush thresholds are reached.
     pub fn should_flush(&self) -> bool {
         self.blocks_since_flush >= self.config.flush_every_blocks

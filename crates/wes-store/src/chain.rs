@@ -185,6 +185,11 @@ impl ChainStore {
         Ok(hash)
     }
 
+    /// True when [`ChainStore::rollback_block`] can be repeated until `height` is the tip.
+    pub fn can_roll_back_to(&self, height: u64) -> bool {
+        self.cache.can_roll_back_to(height)
+    }
+
     /// Rolls back the tip block (up to `max_undo_depth` blocks deep); returns its hash.
     pub fn rollback_block(&mut self) -> Result<BlockHash> {
         let (height, hash) = self.cache.rollback()?;
