@@ -145,6 +145,7 @@ async fn killed_with_blocks_in_flight_recovers_to_the_replay() {
             .get_utxos_by_address(pb::GetUtxosByAddressRequest {
                 address: owner.address.0.to_vec(),
                 category: 0,
+                ..Default::default()
             })
             .await
             .unwrap()

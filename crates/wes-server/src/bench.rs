@@ -288,6 +288,7 @@ pub async fn query_load(
                         .get_utxos_by_address(pb::GetUtxosByAddressRequest {
                             address,
                             category: 0,
+                            ..Default::default()
                         })
                         .await
                         .map(|answer| answer.into_inner().utxos.len()),

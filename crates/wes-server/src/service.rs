@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::{Code, Request, Response, Status};
-use wes_store::{BlockRepository, ResourceInfo};
+use wes_store::{BlockRepository, ResourceInfo, UtxoPosition};
 use wes_utxo::model::{self, Address, AssetId, BlockHash, OutPointKey};
 use wes_utxo::pb as model_pb;
 use wes_utxo_client::{
@@ -323,6 +323,9 @@ impl Shared {
         let category = model_pb::UtxoCategory::try_from(request.category).map_err(|_| {
             Status::invalid_argument(format!("unknown category {}", request.category))
         })?;
+        if request.page_size > 0 || !request.page_token.is_empty() {
+            return self.utxos_page(owner, category, &request).await;
+        }
         let utxos = if category == model_pb::UtxoCategory::Unspecified {
             self.client
                 .get_utxos_by_address(&owner)
@@ -336,7 +339,49 @@ impl Shared {
                 .map_err(store_status)?
         };
         self.check_len(utxos.len(), "utxos")?;
-        Ok(pb::GetUtxosByAddressResponse { utxos })
+        Ok(pb::GetUtxosByAddressResponse {
+            utxos,
+            next_page_token: Vec::new(),
+        })
+    }
+
+    /// A paged GetUtxosByAddress: the token is the last answered record's category byte
+    /// and outpoint.
+    async fn utxos_page(
+        &self,
+        owner: Address,
+        category: model_pb::UtxoCategory,
+        request: &pb::GetUtxosByAddressRequest,
+    ) -> Result<pb::GetUtxosByAddressResponse, Status> {
+        let after = match request.page_token.as_slice() {
+            [] => None,
+            [category_byte @ 1..=3, outpoint @ ..] => Some(UtxoPosition {
+                category: *category_byte,
+                outpoint: OutPointKey::from_bytes(outpoint)
+                    .map_err(|_| Status::invalid_argument("malformed page token"))?,
+            }),
+            _ => return Err(Status::invalid_argument("malformed page token")),
+        };
+        let limit = match request.page_size {
+            0 => self.max_results,
+            size => (size as usize).min(self.max_results),
+        };
+        let category = (category != model_pb::UtxoCategory::Unspecified).then_some(category);
+        self.check_breaker()?;
+        let page = self
+            .served
+            .read(move |store| store.utxos_by_owner_page(&owner, category, after, limit))
+            .await
+            .map_err(store_status)?;
+        let next_page_token = page.next.map_or_else(Vec::new, |next| {
+            let mut token = vec![next.category];
+            token.extend_from_slice(&next.outpoint.to_bytes());
+            token
+        });
+        Ok(pb::GetUtxosByAddressResponse {
+            utxos: page.utxos,
+            next_page_token,
+        })
     }
 
     async fn balance(

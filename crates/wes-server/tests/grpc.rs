@@ -29,6 +29,7 @@ async fn utxos(
         .get_utxos_by_address(pb::GetUtxosByAddressRequest {
             address: owner.0.to_vec(),
             category: category as i32,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -288,6 +289,7 @@ async fn submitted_chain_answers_like_a_replay() {
             .get_utxos_by_address(pb::GetUtxosByAddressRequest {
                 address: vec![0; 20],
                 category: 99,
+                ..Default::default()
             })
             .await,
     );
@@ -614,5 +616,123 @@ async fn rollback_to_restores_the_state_and_takes_a_fork() {
             .to_string();
         assert_eq!(served.native_coin_balance, replayed);
     }
+    running.shutdown().await.unwrap();
+}
+
+fn page_request(
+    owner: &Address,
+    category: model_pb::UtxoCategory,
+    page_size: u32,
+    page_token: Vec<u8>,
+) -> pb::GetUtxosByAddressRequest {
+    pb::GetUtxosByAddressRequest {
+        address: owner.0.to_vec(),
+        category: category as i32,
+        page_size,
+        page_token,
+    }
+}
+
+/// Pages every owner's records (every category, several page sizes) and compares the
+/// concatenation with the replay's answer; returns the longest answer.
+async fn check_paging(client: &mut Client, chain: &Chain, max_results: usize) -> usize {
+    let mut longest = 0;
+    for owner in chain.generator.owners() {
+        for category in [model_pb::UtxoCategory::Unspecified]
+            .into_iter()
+            .chain(CATEGORIES)
+        {
+            let mut expected = chain.reference.utxos_by_owner(&owner.address);
+            if category != model_pb::UtxoCategory::Unspecified {
+                expected.retain(|utxo| utxo.category == category as i32);
+            }
+            longest = longest.max(expected.len());
+            for size in [1, 2, 3, 100] {
+                let (mut pages, mut token, mut all) = (0, Vec::new(), Vec::new());
+                loop {
+                    let page = client
+                        .get_utxos_by_address(page_request(&owner.address, category, size, token))
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert!(page.utxos.len() <= (size as usize).min(max_results));
+                    all.extend(page.utxos);
+                    pages += 1;
+                    assert!(pages <= expected.len() + 1, "paging does not end");
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    token = page.next_page_token;
+                }
+                let ids = |utxos: &[model_pb::Utxo]| -> Vec<OutPointKey> {
+                    utxos.iter().map(common::outpoint).collect()
+                };
+                assert_eq!(ids(&all), ids(&expected), "{category:?} in pages of {size}");
+            }
+        }
+    }
+    longest
+}
+
+/// Paged GetUtxosByAddress: pages of any size concatenate to the whole answer, with
+/// unflushed records in the answers and again after a restart (everything flushed), for
+/// every category; page sizes are capped at max_results, an unpaged answer above it is
+/// RESOURCE_EXHAUSTED, and a bad token is INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_utxos_concatenate_to_the_whole_answer() {
+    const MAX_RESULTS: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut config = common::config(dir.path(), false);
+        config.max_results = MAX_RESULTS;
+        wes_server::serve(config)
+    };
+    let running = start().await.unwrap();
+    let mut client = wes_server::connect(running.grpc_addr).await.unwrap();
+    let mut chain = Chain::new(31, 3);
+    // The test config flushes every 8 blocks: the answers mix flushed and dirty records.
+    for _ in 0..12 {
+        let block = chain.next(4);
+        submit(&mut client, &block, true).await;
+    }
+    let longest = check_paging(&mut client, &chain, MAX_RESULTS).await;
+    assert!(
+        longest > MAX_RESULTS,
+        "the chain gives no owner more than max_results records"
+    );
+    let owner = &chain.generator.owners()[0].address;
+    let bad_tokens: [Vec<u8>; 3] = [vec![9; 37], vec![1; 5], vec![0; 37]];
+    for token in bad_tokens {
+        let (code, message) = code_of(
+            client
+                .get_utxos_by_address(page_request(
+                    owner,
+                    model_pb::UtxoCategory::Unspecified,
+                    2,
+                    token,
+                ))
+                .await,
+        );
+        assert_eq!(code, Code::InvalidArgument, "{message}");
+    }
+    if chain.reference.utxos_by_owner(owner).len() > MAX_RESULTS {
+        let (code, _) = code_of(
+            client
+                .get_utxos_by_address(page_request(
+                    owner,
+                    model_pb::UtxoCategory::Unspecified,
+                    0,
+                    Vec::new(),
+                ))
+                .await,
+        );
+        assert_eq!(code, Code::ResourceExhausted);
+    }
+    // Shutdown flushes; after the restart every answer comes from the store alone.
+    running.shutdown().await.unwrap();
+    let running = start().await.unwrap();
+    let mut client = wes_server::connect(running.grpc_addr).await.unwrap();
+    wait_synced(&mut client, 11).await;
+    check_paging(&mut client, &chain, MAX_RESULTS).await;
     running.shutdown().await.unwrap();
 }

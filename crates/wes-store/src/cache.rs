@@ -59,6 +59,34 @@ struct Dirty {
     record: Option<Box<StoredRecord>>,
 }
 
+/// Where a page of an owner's records ends: its last record's category and outpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UtxoPosition {
+    /// Category byte (1..=3).
+    pub category: u8,
+    /// Outpoint.
+    pub outpoint: OutPointKey,
+}
+
+/// One page of [`CoinsCache::utxos_by_owner_page`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UtxoPage {
+    /// The records, in (category, outpoint) order.
+    pub utxos: Vec<pb::Utxo>,
+    /// Set when more records follow: pass it as `after` for the next page.
+    pub next: Option<UtxoPosition>,
+}
+
+fn category_prefix(
+    owner: &Address,
+    category: pb::UtxoCategory,
+) -> Result<[u8; model::ADDRESS_LEN + 1]> {
+    let mut prefix = [0u8; model::ADDRESS_LEN + 1];
+    prefix[..model::ADDRESS_LEN].copy_from_slice(&owner.0);
+    prefix[model::ADDRESS_LEN] = category_byte(category as i32)?;
+    Ok(prefix)
+}
+
 /// A RESOURCE record with its reference information.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResourceInfo {
@@ -323,9 +351,10 @@ impl CoinsCache {
         }
     }
 
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<pb::Utxo>> {
-        // Fast path (a flushed cache, or an owner untouched since the flush): the snapshot's
-        // records are the answer, decoded once and handed out without a copy.
+    /// Live records under `prefix` (owner, or owner and category) in (category, outpoint)
+    /// order, starting after `after`, at most `limit`.
+    fn scan(&self, prefix: &[u8], after: Option<UtxoPosition>, limit: usize) -> Result<UtxoPage> {
+        let limit = limit.max(1);
         let owner = Address::from_slice(&prefix[..prefix.len().min(model::ADDRESS_LEN)])?;
         let category = prefix.get(model::ADDRESS_LEN).copied();
         let dirty_live: Vec<(u8, OutPointKey)> = self
@@ -334,28 +363,50 @@ impl CoinsCache {
             .map(|live| {
                 live.iter()
                     .filter(|(c, _)| category.is_none_or(|wanted| *c == wanted))
+                    .filter(|entry| {
+                        after.is_none_or(|after| **entry > (after.category, after.outpoint))
+                    })
                     .copied()
                     .collect()
             })
             .unwrap_or_default();
+        let after_key =
+            after.map(|after| codec::owner_key(&owner, after.category, &after.outpoint));
+        let mut page = UtxoPage::default();
         if self.utxos.is_empty() || dirty_live.is_empty() {
+            // Fast path (a flushed cache, or an owner untouched since the flush): the
+            // snapshot's records are the answer, decoded once and handed out without a copy.
             // Owners hold a handful of records; start with room for them.
-            let mut found = Vec::with_capacity(8);
-            self.store.scan_owner_each(prefix, |outpoint, _, record| {
-                if self.utxos.is_empty() || !self.utxos.contains_key(&outpoint) {
-                    found.push(self.hand_out(record)?);
+            page.utxos.reserve(limit.min(8));
+            let mut last = None;
+            self.store.scan_owner_each(
+                prefix,
+                after_key.as_ref().map(|key| &key[..]),
+                |outpoint, category, record| {
+                    if self.utxos.is_empty() || !self.utxos.contains_key(&outpoint) {
+                        if page.utxos.len() == limit {
+                            page.next = last;
+                            return Ok(false);
+                        }
+                        page.utxos.push(self.hand_out(record)?);
+                        last = Some(UtxoPosition { category, outpoint });
+                    }
+                    Ok(true)
+                },
+            )?;
+            return Ok(page);
+        }
+        let mut found: Vec<(u8, OutPointKey, StoredRecord)> = Vec::new();
+        self.store.scan_owner_each(
+            prefix,
+            after_key.as_ref().map(|key| &key[..]),
+            |outpoint, category, record| {
+                if !self.utxos.contains_key(&outpoint) {
+                    found.push((category, outpoint, record));
                 }
-                Ok(())
-            })?;
-            return Ok(found);
-        }
-        let stored = self.store.scan_owner(prefix)?;
-        let mut found: Vec<(u8, OutPointKey, StoredRecord)> = Vec::with_capacity(stored.len());
-        for (outpoint, category, record) in stored {
-            if !self.utxos.contains_key(&outpoint) {
-                found.push((category, outpoint, record));
-            }
-        }
+                Ok(true)
+            },
+        )?;
         for (category, outpoint) in dirty_live {
             if let Some(record) = self
                 .utxos
@@ -366,15 +417,23 @@ impl CoinsCache {
             }
         }
         found.sort_by_key(|entry| (entry.0, entry.1));
-        found
+        if found.len() > limit {
+            found.truncate(limit);
+            page.next = found.last().map(|(category, outpoint, _)| UtxoPosition {
+                category: *category,
+                outpoint: *outpoint,
+            });
+        }
+        page.utxos = found
             .into_iter()
             .map(|(_, _, record)| self.hand_out(record))
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(page)
     }
 
     /// Live records of `owner`, ordered by category then outpoint.
     pub fn utxos_by_owner(&self, owner: &Address) -> Result<Vec<pb::Utxo>> {
-        self.scan(&owner.0)
+        Ok(self.scan(&owner.0, None, usize::MAX)?.utxos)
     }
 
     /// Live records of `owner` in `category`, ordered by outpoint.
@@ -383,10 +442,25 @@ impl CoinsCache {
         owner: &Address,
         category: pb::UtxoCategory,
     ) -> Result<Vec<pb::Utxo>> {
-        let mut prefix = [0u8; 21];
-        prefix[..20].copy_from_slice(&owner.0);
-        prefix[20] = category_byte(category as i32)?;
-        self.scan(&prefix)
+        Ok(self
+            .scan(&category_prefix(owner, category)?, None, usize::MAX)?
+            .utxos)
+    }
+
+    /// One page of the live records of `owner` (in `category`, or all when `None`) in
+    /// (category, outpoint) order: at most `limit` after `after`; `next` is where the
+    /// next page starts, `None` on the last page.
+    pub fn utxos_by_owner_page(
+        &self,
+        owner: &Address,
+        category: Option<pb::UtxoCategory>,
+        after: Option<UtxoPosition>,
+        limit: usize,
+    ) -> Result<UtxoPage> {
+        match category {
+            Some(category) => self.scan(&category_prefix(owner, category)?, after, limit),
+            None => self.scan(&owner.0, after, limit),
+        }
     }
 
     /// RESOURCE records of `owner` with their reference information.

@@ -25,7 +25,7 @@ use wes_utxo::pb;
 use wes_utxo::validate::{BlockEffects, ChainTip};
 use wes_utxo::ChainParams;
 
-use crate::cache::{CoinsCache, ResourceInfo};
+use crate::cache::{CoinsCache, ResourceInfo, UtxoPage, UtxoPosition};
 use crate::error::{Result, StoreError};
 use crate::limits::StoreConfig;
 use crate::repository::BlockRepository;
@@ -232,6 +232,18 @@ impl ChainStore {
         category: pb::UtxoCategory,
     ) -> Result<Vec<pb::Utxo>> {
         self.cache.utxos_by_owner_and_category(owner, category)
+    }
+
+    /// One page of the live records of `owner` (see [`CoinsCache::utxos_by_owner_page`]).
+    pub fn utxos_by_owner_page(
+        &self,
+        owner: &Address,
+        category: Option<pb::UtxoCategory>,
+        after: Option<UtxoPosition>,
+        limit: usize,
+    ) -> Result<UtxoPage> {
+        self.cache
+            .utxos_by_owner_page(owner, category, after, limit)
     }
 
     /// RESOURCE records of `owner` with reference information.

@@ -23,7 +23,7 @@ pub mod limits;
 pub mod repository;
 pub mod store;
 
-pub use cache::{CoinsCache, FlushTotals, ResourceInfo};
+pub use cache::{CoinsCache, FlushTotals, ResourceInfo, UtxoPage, UtxoPosition};
 pub use chain::{ChainStore, Recovery};
 pub use error::StoreError;
 pub use limits::StoreConfig;

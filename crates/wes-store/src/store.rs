@@ -203,33 +203,44 @@ impl UtxoStore {
     /// Records whose key starts with `prefix` (an owner, or owner | category), in key order.
     pub fn scan_owner(&self, prefix: &[u8]) -> Result<Vec<(OutPointKey, u8, StoredRecord)>> {
         let mut records = Vec::new();
-        self.scan_owner_each(prefix, |outpoint, category, record| {
+        self.scan_owner_each(prefix, None, |outpoint, category, record| {
             records.push((outpoint, category, record));
-            Ok(())
+            Ok(true)
         })?;
         Ok(records)
     }
 
-    /// [`UtxoStore::scan_owner`] without collecting: `visit` gets each record in key order.
+    /// [`UtxoStore::scan_owner`] without collecting: `visit` gets each record in key order,
+    /// starting after the record-table key `after` when given, until it returns `false`.
     pub fn scan_owner_each(
         &self,
         prefix: &[u8],
-        mut visit: impl FnMut(OutPointKey, u8, StoredRecord) -> Result<()>,
+        after: Option<&[u8]>,
+        mut visit: impl FnMut(OutPointKey, u8, StoredRecord) -> Result<bool>,
     ) -> Result<()> {
         // An open-ended range stopped at the first key past the prefix: redb resolves a
         // closed range's end bound with a second descent of the tree, which cost about a
         // third of a ten-record scan.
-        for entry in self.snapshot.utxos.range(prefix..)? {
+        let range = match after {
+            Some(after) => self
+                .snapshot
+                .utxos
+                .range::<&[u8]>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))?,
+            None => self.snapshot.utxos.range(prefix..)?,
+        };
+        for entry in range {
             let (key, value) = entry?;
             if !key.value().starts_with(prefix) {
                 break;
             }
             let (owner, category, outpoint) = parse_owner_key(key.value())?;
-            visit(
+            if !visit(
                 outpoint,
                 category,
                 decode_record(value.value(), &owner, &outpoint)?,
-            )?;
+            )? {
+                break;
+            }
         }
         Ok(())
     }
