@@ -14,37 +14,31 @@ use std::time::{Duration, Instant};
 use alloy_network::Ethereum;
 use alloy_primitives::{Address, Bytes, U256};
 use alloy_provider::{Provider, RootProvider};
-use ledger_lease::{
-    HolderId, LeaseGuard, LeaseManager, LeaseManagerConfig, LeaseStore, SystemClock,
-};
-use nonce_manager::allocator::{Allocator, AllocatorConfig};
 use nonce_manager::alloy_chain::AlloyChainClient;
 use nonce_manager::chain::ChainClient;
 use nonce_manager::finality::{Finality, FinalityConfig, FinalityView};
 use nonce_manager::policy::{PolicyConfig, PolicyLoop, Resubmitted};
-use nonce_manager::signer::LocalKey;
-use nonce_manager::store::sqlite::SqliteNonceStore;
-use nonce_manager::store::NonceStore;
-use nonce_manager::submit::{SubmitRequest, Submitter};
-use nonce_manager::{signer_resource, ManagedTransaction, RequestId, TxPayload, TxStatus};
+use nonce_manager::submit::SubmitRequest;
+use nonce_manager::{ManagedTransaction, RequestId, TxPayload, TxStatus};
 use serde_json::{json, Value};
 
-use common::anvil::{Anvil, DEV_KEY_0};
+use common::anvil::Anvil;
 use common::hardhat::Hardhat;
+use common::stack::Stack;
 
 const GWEI: u128 = 1_000_000_000;
 const WAIT: Duration = Duration::from_secs(15);
 
 struct Harness {
-    url: String,
-    store: Arc<dyn NonceStore>,
-    chain: Arc<dyn ChainClient>,
-    allocator: Arc<Allocator>,
-    submitter: Submitter,
-    key: LocalKey,
-    clock: Arc<SystemClock>,
-    guard: Option<LeaseGuard>,
+    stack: Stack,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
 }
 
 impl Harness {
@@ -57,60 +51,15 @@ impl Harness {
 
     /// A node on the database file at `path` (kept by the caller, for restarts).
     async fn at(url: &str, path: &std::path::Path) -> Self {
-        let clock = Arc::new(SystemClock);
-        let (store, leases) = SqliteNonceStore::connect(path, clock.clone())
-            .await
-            .unwrap();
-        let store: Arc<dyn NonceStore> = Arc::new(store);
-        let leases: Arc<dyn LeaseStore> = Arc::new(leases);
-        let chain: Arc<dyn ChainClient> = Arc::new(AlloyChainClient::new(url).unwrap());
-        let key = LocalKey::from_hex(DEV_KEY_0).unwrap();
-        let guard = LeaseManager::acquire(
-            leases,
-            &signer_resource(key.address()),
-            &HolderId::new("node-a").unwrap(),
-            LeaseManagerConfig::new(Duration::from_secs(30)),
-        )
-        .await
-        .unwrap()
-        .expect("the lease is free");
-        let allocator = Arc::new(
-            Allocator::start(
-                store.clone(),
-                chain.clone(),
-                key.address(),
-                guard.subscribe(),
-                AllocatorConfig::default(),
-            )
-            .unwrap(),
-        );
-        let submitter = Submitter::new(
-            store.clone(),
-            allocator.clone(),
-            chain.clone(),
-            key.clone(),
-            clock.clone(),
-        )
-        .await
-        .unwrap();
         Self {
-            url: url.to_owned(),
-            store,
-            chain,
-            allocator,
-            submitter,
-            key,
-            clock,
-            guard: Some(guard),
+            stack: Stack::sqlite(url, path).await,
             _dir: None,
         }
     }
 
     /// Stops this node cleanly: releases the signer's lease for the next one.
-    async fn shut_down(mut self) {
-        if let Some(guard) = self.guard.take() {
-            guard.release().await.unwrap();
-        }
+    async fn shut_down(self) {
+        self.stack.shut_down().await;
     }
 
     fn finality(&self, confirmations: u64) -> Finality {

@@ -7,91 +7,37 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy_network::Ethereum;
 use alloy_primitives::{Address, Bytes, U256};
 use alloy_provider::{Provider, RootProvider};
-use ledger_lease::{
-    HolderId, LeaseGuard, LeaseManager, LeaseManagerConfig, LeaseStore, SystemClock,
-};
-use nonce_manager::allocator::{Allocator, AllocatorConfig};
-use nonce_manager::alloy_chain::AlloyChainClient;
-use nonce_manager::chain::ChainClient;
 use nonce_manager::reconcile::{ReconcileConfig, Reconciler};
 use nonce_manager::signer::LocalKey;
-use nonce_manager::store::sqlite::SqliteNonceStore;
-use nonce_manager::store::NonceStore;
-use nonce_manager::submit::{SubmitRequest, Submitter};
+use nonce_manager::submit::SubmitRequest;
 use nonce_manager::view::{signer_view, DriftSource};
-use nonce_manager::{signer_resource, RequestId, TxPayload, TxStatus};
+use nonce_manager::{RequestId, TxPayload, TxStatus};
 
-use common::anvil::{Anvil, DEV_KEY_0};
+use common::anvil::Anvil;
+use common::stack::Stack;
 
 struct Harness {
-    url: String,
-    store: Arc<dyn NonceStore>,
-    leases: Arc<dyn LeaseStore>,
-    chain: Arc<dyn ChainClient>,
-    allocator: Arc<Allocator>,
-    submitter: Submitter,
-    key: LocalKey,
-    clock: Arc<SystemClock>,
-    _guard: LeaseGuard,
+    stack: Stack,
     _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
 }
 
 impl Harness {
     async fn new(url: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(SystemClock);
-        let (store, leases) =
-            SqliteNonceStore::connect(&dir.path().join("nonce.sqlite"), clock.clone())
-                .await
-                .unwrap();
-        let store: Arc<dyn NonceStore> = Arc::new(store);
-        let leases: Arc<dyn LeaseStore> = Arc::new(leases);
-        let chain: Arc<dyn ChainClient> = Arc::new(AlloyChainClient::new(url).unwrap());
-        let key = LocalKey::from_hex(DEV_KEY_0).unwrap();
-        let guard = LeaseManager::acquire(
-            leases.clone(),
-            &signer_resource(key.address()),
-            &HolderId::new("node-a").unwrap(),
-            LeaseManagerConfig::new(Duration::from_secs(30)),
-        )
-        .await
-        .unwrap()
-        .expect("the lease is free");
-        let allocator = Arc::new(
-            Allocator::start(
-                store.clone(),
-                chain.clone(),
-                key.address(),
-                guard.subscribe(),
-                AllocatorConfig::default(),
-            )
-            .unwrap(),
-        );
-        let submitter = Submitter::new(
-            store.clone(),
-            allocator.clone(),
-            chain.clone(),
-            key.clone(),
-            clock.clone(),
-        )
-        .await
-        .unwrap();
         Self {
-            url: url.to_owned(),
-            store,
-            leases,
-            chain,
-            allocator,
-            submitter,
-            key,
-            clock,
-            _guard: guard,
+            stack: Stack::sqlite(url, &dir.path().join("nonce.sqlite")).await,
             _dir: dir,
         }
     }

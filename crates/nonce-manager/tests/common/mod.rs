@@ -4,6 +4,7 @@
 
 pub mod anvil;
 pub mod hardhat;
+pub mod stack;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
