@@ -47,6 +47,9 @@ pub struct NonceService {
     base_fee: tokio::sync::Mutex<Option<(u128, Instant)>>,
 }
 
+/// A boxed call on the holder's side of [`NonceService::on_holder`].
+type Call<'a, T> = Pin<Box<dyn std::future::Future<Output = Result<T, Status>> + Send + 'a>>;
+
 enum Route {
     Local(Arc<SignerRuntime>),
     Forward(NonceManagerClient<Channel>),
@@ -213,6 +216,36 @@ impl NonceService {
         })
     }
 
+    /// Runs a write for `signer` where its lease is held: `local` on this node (routed once
+    /// more when it failed because the lease moved during the call), otherwise `forward`
+    /// sends `message`, marked as forwarded, to the holder.
+    async fn on_holder<'a, M, T>(
+        &'a self,
+        signer: Address,
+        forwarded: bool,
+        message: M,
+        local: impl Fn(Arc<SignerRuntime>) -> Call<'a, T>,
+        forward: impl FnOnce(NonceManagerClient<Channel>, Request<M>) -> Call<'a, Response<T>>,
+    ) -> Result<T, Status> {
+        let mut rerouted = false;
+        loop {
+            match self.route(signer, forwarded).await? {
+                Route::Local(runtime) => {
+                    let result = local(runtime.clone()).await;
+                    if result.is_err() && !runtime.is_active() && !rerouted {
+                        rerouted = true;
+                        continue;
+                    }
+                    return result;
+                }
+                Route::Forward(client) => {
+                    let request = self.forward_request(message)?;
+                    return Ok(forward(client, request).await?.into_inner());
+                }
+            }
+        }
+    }
+
     async fn submit(
         &self,
         request: Request<proto::SubmitTransactionRequest>,
@@ -222,26 +255,20 @@ impl NonceService {
         let request_id = convert::request_id(&message.request_id).map_err(status::invalid)?;
         let signer = convert::address("signer", &message.signer).map_err(status::invalid)?;
         let payload = convert::payload(&message).map_err(status::invalid)?;
-        let mut rerouted = false;
-        loop {
-            match self.route(signer, forwarded).await? {
-                Route::Local(runtime) => {
-                    let result = self
-                        .submit_local(&runtime, request_id.clone(), signer, payload.clone())
-                        .await;
-                    // The lease moved during the call: route once more.
-                    if result.is_err() && !runtime.is_active() && !rerouted {
-                        rerouted = true;
-                        continue;
-                    }
-                    return result;
-                }
-                Route::Forward(mut client) => {
-                    let request = self.forward_request(message)?;
-                    return Ok(client.submit_transaction(request).await?.into_inner());
-                }
-            }
-        }
+        self.on_holder(
+            signer,
+            forwarded,
+            message,
+            |runtime| {
+                let (request_id, payload) = (request_id.clone(), payload.clone());
+                Box::pin(async move {
+                    self.submit_local(&runtime, request_id, signer, payload)
+                        .await
+                })
+            },
+            |mut client, request| Box::pin(async move { client.submit_transaction(request).await }),
+        )
+        .await
     }
 
     async fn allocate(
@@ -252,35 +279,28 @@ impl NonceService {
         let message = request.into_inner();
         let request_id = convert::request_id(&message.request_id).map_err(status::invalid)?;
         let signer = convert::address("signer", &message.signer).map_err(status::invalid)?;
-        let mut rerouted = false;
-        loop {
-            match self.route(signer, forwarded).await? {
-                Route::Local(runtime) => {
-                    let result = runtime
+        self.on_holder(
+            signer,
+            forwarded,
+            message,
+            |runtime| {
+                let request_id = request_id.clone();
+                Box::pin(async move {
+                    let allocation = runtime
                         .allocator
-                        .allocate(request_id.clone(), TxPayload::external())
-                        .await;
-                    match result {
-                        Ok(allocation) => {
-                            return Ok(proto::AllocateNonceResponse {
-                                nonce: allocation.nonce,
-                                existing: allocation.existing,
-                                served_by: self.node_id(),
-                            })
-                        }
-                        Err(_) if !runtime.is_active() && !rerouted => {
-                            rerouted = true;
-                            continue;
-                        }
-                        Err(error) => return Err(status::allocate(&error)),
-                    }
-                }
-                Route::Forward(mut client) => {
-                    let request = self.forward_request(message)?;
-                    return Ok(client.allocate_nonce(request).await?.into_inner());
-                }
-            }
-        }
+                        .allocate(request_id, TxPayload::external())
+                        .await
+                        .map_err(|error| status::allocate(&error))?;
+                    Ok(proto::AllocateNonceResponse {
+                        nonce: allocation.nonce,
+                        existing: allocation.existing,
+                        served_by: self.node_id(),
+                    })
+                })
+            },
+            |mut client, request| Box::pin(async move { client.allocate_nonce(request).await }),
+        )
+        .await
     }
 
     async fn report_signed(
@@ -291,37 +311,31 @@ impl NonceService {
         let message = request.into_inner();
         let request_id = convert::request_id(&message.request_id).map_err(status::invalid)?;
         let signer = convert::address("signer", &message.signer).map_err(status::invalid)?;
-        let mut rerouted = false;
-        loop {
-            match self.route(signer, forwarded).await? {
-                Route::Local(runtime) => {
-                    let result = runtime
+        let (raw, broadcast): (Arc<[u8]>, bool) =
+            (message.raw_transaction.as_slice().into(), message.broadcast);
+        self.on_holder(
+            signer,
+            forwarded,
+            message,
+            |runtime| {
+                let (request_id, raw) = (request_id.clone(), raw.clone());
+                Box::pin(async move {
+                    let record = runtime
                         .submitter
-                        .report_signed(&request_id, &message.raw_transaction, message.broadcast)
-                        .await;
-                    match result {
-                        Ok(record) => {
-                            return Ok(proto::ReportSignedTransactionResponse {
-                                transaction: Some(convert::transaction(&record)),
-                                served_by: self.node_id(),
-                            })
-                        }
-                        Err(_) if !runtime.is_active() && !rerouted => {
-                            rerouted = true;
-                            continue;
-                        }
-                        Err(error) => return Err(status::submit(&error)),
-                    }
-                }
-                Route::Forward(mut client) => {
-                    let request = self.forward_request(message)?;
-                    return Ok(client
-                        .report_signed_transaction(request)
-                        .await?
-                        .into_inner());
-                }
-            }
-        }
+                        .report_signed(&request_id, &raw, broadcast)
+                        .await
+                        .map_err(|error| status::submit(&error))?;
+                    Ok(proto::ReportSignedTransactionResponse {
+                        transaction: Some(convert::transaction(&record)),
+                        served_by: self.node_id(),
+                    })
+                })
+            },
+            |mut client, request| {
+                Box::pin(async move { client.report_signed_transaction(request).await })
+            },
+        )
+        .await
     }
 
     async fn get(
