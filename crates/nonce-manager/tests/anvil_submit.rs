@@ -12,17 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, Bytes, U256};
-use ledger_lease::{HolderId, LeaseManager, LeaseManagerConfig, LeaseStore, SystemClock};
-use nonce_manager::allocator::{Allocator, AllocatorConfig};
-use nonce_manager::alloy_chain::AlloyChainClient;
-use nonce_manager::chain::ChainClient;
-use nonce_manager::signer::LocalKey;
-use nonce_manager::store::sqlite::SqliteNonceStore;
-use nonce_manager::store::NonceStore;
-use nonce_manager::submit::{SubmitRequest, Submitter};
-use nonce_manager::{signer_resource, RequestId, TxPayload, TxStatus};
+use nonce_manager::submit::SubmitRequest;
+use nonce_manager::{RequestId, TxPayload, TxStatus};
 
-use common::anvil::{Anvil, DEV_KEY_0};
+use common::anvil::Anvil;
+use common::stack::Stack;
 
 const TRANSACTIONS: u64 = 200;
 
@@ -33,41 +27,9 @@ async fn submit_200_with_retries_all_mined_gapless() {
     };
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(SystemClock);
-    let (store, leases) =
-        SqliteNonceStore::connect(&dir.path().join("nonce.sqlite"), clock.clone())
-            .await
-            .unwrap();
-    let store: Arc<dyn NonceStore> = Arc::new(store);
-    let leases: Arc<dyn LeaseStore> = Arc::new(leases);
-    let chain: Arc<dyn ChainClient> = Arc::new(AlloyChainClient::new(anvil.url()).unwrap());
-    let key = LocalKey::from_hex(DEV_KEY_0).unwrap();
-    let signer = key.address();
-
-    let guard = LeaseManager::acquire(
-        leases,
-        &signer_resource(signer),
-        &HolderId::new("node-a").unwrap(),
-        LeaseManagerConfig::new(Duration::from_secs(30)),
-    )
-    .await
-    .unwrap()
-    .expect("the lease is free");
-    let allocator = Arc::new(
-        Allocator::start(
-            store.clone(),
-            chain.clone(),
-            signer,
-            guard.subscribe(),
-            AllocatorConfig::default(),
-        )
-        .unwrap(),
-    );
-    let submitter = Arc::new(
-        Submitter::new(store.clone(), allocator, chain.clone(), key, clock)
-            .await
-            .unwrap(),
-    );
+    let stack = Arc::new(Stack::sqlite(anvil.url(), &dir.path().join("nonce.sqlite")).await);
+    let (store, chain) = (stack.store.clone(), stack.chain.clone());
+    let signer = stack.key.address();
 
     let base_fee = chain.base_fee().await.unwrap().unwrap_or(1_000_000_000);
     let payload = |n: u64| TxPayload {
@@ -84,14 +46,14 @@ async fn submit_200_with_retries_all_mined_gapless() {
     calls.extend((0..TRANSACTIONS).filter(|n| n % 8 == 0));
     let mut tasks = Vec::new();
     for n in calls {
-        let submitter = submitter.clone();
+        let stack = stack.clone();
         let request = SubmitRequest {
             request_id: RequestId::new(format!("transfer-{n}")).unwrap(),
             signer,
             payload: payload(n),
         };
         tasks.push(tokio::spawn(async move {
-            (n, submitter.submit(request).await.unwrap())
+            (n, stack.submitter.submit(request).await.unwrap())
         }));
     }
     let mut by_id: BTreeMap<u64, (u64, alloy_primitives::B256)> = BTreeMap::new();
@@ -128,7 +90,8 @@ async fn submit_200_with_retries_all_mined_gapless() {
         );
     }
     // A retry after mining returns the stored record without a new nonce or send.
-    let again = submitter
+    let again = stack
+        .submitter
         .submit(SubmitRequest {
             request_id: RequestId::new("transfer-3").unwrap(),
             signer,
@@ -142,5 +105,8 @@ async fn submit_200_with_retries_all_mined_gapless() {
         "anvil: {TRANSACTIONS} transactions mined in {:?}",
         started.elapsed()
     );
-    guard.release().await.unwrap();
+    Arc::into_inner(stack)
+        .expect("every task ended")
+        .shut_down()
+        .await;
 }
