@@ -2,15 +2,17 @@
 //!
 //! `allocate` queues the request for the signer's batch writer (with a cache, a cached
 //! committed allocation answers a retry first). The writer is a group commit: it takes
-//! every queued request (up to [`AllocatorConfig::batch_max`]), waits for more only until
-//! the oldest has waited [`AllocatorConfig::batch_window`] (under load the previous commit
-//! already took longer, so it does not wait at all), and commits them in ONE fenced
-//! transaction ([`NonceStore::commit_allocations`], a constant number of statements) from
-//! `max(chain pending nonce, cached next nonce, stored next nonce)`, then answers each
-//! caller. A request id already stored comes back from that transaction as `existing`; when
-//! the writer has stopped, a retry is still answered from the store (no lease needed). One writer per signer per node, and one
-//! node per signer through the lease, so nonces are gapless and duplicate-free; the
-//! `UNIQUE (signer, nonce)` constraint backs that up.
+//! every queued request (up to [`AllocatorConfig::batch_max`]), then yields to the runtime
+//! so callers it just answered can queue again, and gathers again while that brings new
+//! requests and the oldest has waited less than [`AllocatorConfig::batch_window`]. It never
+//! sleeps on a timer: under closed-loop load every caller is back within a few yields, and
+//! a 2 ms timer wait per batch cost a third of the throughput. It commits the batch in ONE
+//! fenced transaction ([`NonceStore::commit_allocations`], a constant number of statements)
+//! from `max(chain pending nonce, cached next nonce, stored next nonce)`, then answers each
+//! caller. A request id already stored comes back from that transaction as `existing`;
+//! when the writer has stopped, a retry is still answered from the store (no lease needed).
+//! One writer per signer per node, and one node per signer through the lease, so nonces
+//! are gapless and duplicate-free; the `UNIQUE (signer, nonce)` constraint backs that up.
 //!
 //! The writer stops for good when the lease is reported lost or a commit is fenced: every
 //! queued and later request gets [`AllocateError::LeaseLost`]. A new tenure needs a new
@@ -36,7 +38,8 @@ use crate::types::{signer_resource, RequestId, TxPayload};
 /// How the batch writer batches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllocatorConfig {
-    /// How long to wait for more requests after the first of a batch.
+    /// The longest a batch keeps gathering after its first request was queued (it stops
+    /// sooner when a round of yields brings nothing new).
     pub batch_window: Duration,
     /// Most requests per batch (one transaction).
     pub batch_max: usize,
@@ -355,23 +358,30 @@ impl BatchWriter {
         }
     }
 
-    /// The first job plus every job already queued, then whatever arrives until the first
-    /// has waited the batch window; at most `batch_max`. Under load the first job queued
-    /// during the previous commit, so the window has passed and nothing waits.
+    /// The first job plus every job already queued, then more for as long as a round of
+    /// yields brings any and the first has waited less than the batch window; at most
+    /// `batch_max`.
     async fn gather(&self, first: Job, queue: &mut mpsc::Receiver<Job>) -> Vec<Job> {
         let deadline = first.queued_at + self.config.batch_window;
         let mut batch = Vec::with_capacity(self.config.batch_max);
         batch.push(first);
-        while batch.len() < self.config.batch_max {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        loop {
+            while batch.len() < self.config.batch_max {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
-        }
-        while batch.len() < self.config.batch_max {
-            match tokio::time::timeout_at(deadline, queue.recv()).await {
-                Ok(Some(job)) => batch.push(job),
-                Ok(None) | Err(_) => break,
+            if batch.len() >= self.config.batch_max || Instant::now() >= deadline {
+                break;
+            }
+            // Let the callers just answered (and any other ready task) run and queue again.
+            for _ in 0..limits::GATHER_YIELDS {
+                tokio::task::yield_now().await;
+            }
+            if queue.is_empty() {
+                // Nobody came in a round of yields: waiting longer only adds latency.
+                break;
             }
         }
         metrics::histogram!("nonce_manager_allocation_batch_size").record(batch.len() as f64);

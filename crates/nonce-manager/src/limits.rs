@@ -15,8 +15,14 @@ pub const BATCH_ALLOCATIONS_MAX: usize = 256;
 /// Attempts at one allocation batch when a concurrent insert of the same request id (by
 /// another signer's writer) made it roll back.
 pub const ALLOCATION_BATCH_ATTEMPTS: usize = 3;
-/// How long the batch writer waits for more requests after the first one of a batch.
+/// The longest the batch writer keeps gathering a batch, counted from its first request's
+/// enqueue. It stops earlier as soon as a round of [`GATHER_YIELDS`] brings nothing new.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
+/// Times the batch writer yields to the runtime, once its queue is drained, so that callers
+/// it just answered can queue their next request before it commits. Measured on the
+/// one-signer bench (PostgreSQL, 128 callers): 1, 2, 4 and 8 all keep batches at about 127
+/// of 128; waiting out a timer instead cost 2 ms (tokio timers have 1 ms granularity) per batch.
+pub const GATHER_YIELDS: usize = 4;
 /// Requests that may wait for the batch writer before `allocate` applies back-pressure.
 pub const ALLOCATION_QUEUE_MAX: usize = 4 * BATCH_ALLOCATIONS_MAX;
 /// How stale the allocator's view of the chain's pending nonce may get before a batch

@@ -23,6 +23,7 @@ backend_cases!(cases;
     lists_by_status,
     receipts_are_stored_and_cleared,
     request_id_of_another_signer_comes_back_existing,
+    racing_signers_with_shared_request_ids_stay_gapless,
     old_schema_is_migrated,
 );
 
@@ -476,6 +477,75 @@ mod cases {
         );
         assert_eq!(batch.next_nonce, 2);
         assert_eq!(node.store.nonces(other).await.unwrap().len(), 2);
+    }
+
+    /// Two signers' writers commit at the same time, every batch holding request ids the
+    /// other also sends: each id is stored once (under whichever signer won it), the loser's
+    /// batch is planned again and answers it as `existing`, and both signers' nonces stay
+    /// gapless. On PostgreSQL the loser's insert waits for the winner's commit and fails
+    /// with a unique violation, the path `try_commit_allocations` retries on.
+    pub async fn racing_signers_with_shared_request_ids_stay_gapless(backend: Backend) {
+        const ROUNDS: usize = 40;
+        let clock = Arc::new(ManualClock::default());
+        let node = backend.node(clock).await;
+        let other = Address::repeat_byte(0x44);
+        let holder = HolderId::new("node-a").unwrap();
+        let mut tokens = Vec::new();
+        for signer in [signer(), other] {
+            let lease = node
+                .leases
+                .try_acquire(&signer_resource(signer), &holder, TTL)
+                .await
+                .unwrap()
+                .unwrap();
+            tokens.push(lease.token);
+        }
+        let store = &node.store;
+        let batch_for = |who: &str, round: usize| {
+            vec![
+                request(&format!("{who}-{round}-a"), 1),
+                request(&format!("shared-{round}"), 9),
+                request(&format!("{who}-{round}-b"), 2),
+            ]
+        };
+        for round in 0..ROUNDS {
+            let mine = batch_for("mine", round);
+            let theirs = batch_for("theirs", round);
+            let (a, b) = tokio::join!(
+                store.commit_allocations(signer(), tokens[0], 0, &mine),
+                store.commit_allocations(other, tokens[1], 0, &theirs),
+            );
+            let (a, b) = (a.unwrap(), b.unwrap());
+            let shared = [&a.allocations[1], &b.allocations[1]];
+            assert_eq!(
+                shared
+                    .iter()
+                    .filter(|allocation| !allocation.existing)
+                    .count(),
+                1,
+                "round {round}: exactly one signer allocates the shared id: {shared:?}"
+            );
+            assert_eq!(shared[0].signer, shared[1].signer);
+            assert_eq!(shared[0].nonce, shared[1].nonce);
+        }
+        let mut total = 0;
+        for who in [signer(), other] {
+            let stored: Vec<u64> = store
+                .nonces(who)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(_, nonce)| nonce)
+                .collect();
+            let expected: Vec<u64> = (0..stored.len() as u64).collect();
+            assert_eq!(stored, expected, "{who:#x}: gapless and duplicate-free");
+            total += stored.len();
+        }
+        assert_eq!(
+            total,
+            ROUNDS * 5,
+            "two own ids per signer and one shared per round"
+        );
     }
 
     /// A database created before the receipt columns existed: connecting adds them and
