@@ -4,6 +4,13 @@
 //! records of the blocks since the last flush, the reference table and the new tip in ONE
 //! redb transaction, so the flushed state always sits exactly at a block boundary.
 //!
+//! **Background flush.** [`CoinsCache::flush_in_background`] freezes the dirty maps into an
+//! immutable layer, hands it to a thread that writes it, and lets the next blocks apply to
+//! new, empty maps. Reads look in the live maps, then the frozen layer, then the store;
+//! the layer is dropped once the cache has seen the commit (its snapshot is renewed then).
+//! A record of the frozen layer counts as on disk for the FRESH rule (spending it leaves a
+//! tombstone). One flush is in flight at most; a rollback waits for it.
+//!
 //! The apply and rollback rules mirror `wes_utxo::UtxoState` step by step (expiry, released
 //! admissions, transactions in order; undo in reverse); the model-based tests apply the same
 //! chains to both and compare every query and the `utxo_set()` hash.
@@ -46,7 +53,7 @@ use crate::codec::{
 use crate::error::{Result, StoreError};
 use crate::limits::StoreConfig;
 use crate::repository::BlockRepository;
-use crate::store::{FlushBatch, UtxoStore, UtxoWrite};
+use crate::store::{FlushBatch, StoreWriter, UtxoStore, UtxoWrite};
 
 struct Dirty {
     owner: Address,
@@ -57,6 +64,57 @@ struct Dirty {
     fresh: bool,
     /// Boxed: a record is a few hundred bytes, and the map moves its entries when it grows.
     record: Option<Box<StoredRecord>>,
+}
+
+/// The dirty state as it was when a background flush began: read between the live dirty
+/// maps and the store until the cache has seen that flush commit (then the store's snapshot
+/// holds all of it and the layer is dropped). Immutable; the flush thread reads it too.
+#[derive(Default)]
+struct Frozen {
+    utxos: HashMap<OutPointKey, Dirty>,
+    live_by_owner: HashMap<Address, BTreeSet<(u8, OutPointKey)>>,
+    expiry: BTreeMap<(u64, OutPointKey), bool>,
+    balances: BTreeMap<(Address, AssetId), u128>,
+    nonces: HashMap<Address, u64>,
+}
+
+impl Frozen {
+    /// The flush's UTXO, expiry, balance and nonce writes (records are copied: the layer
+    /// stays readable while they are written).
+    fn fill(&self, batch: &mut FlushBatch) {
+        batch.utxos = self
+            .utxos
+            .iter()
+            .map(|(outpoint, dirty)| UtxoWrite {
+                outpoint: *outpoint,
+                owner: dirty.owner,
+                category: dirty.category,
+                record: dirty.record.as_deref().cloned(),
+            })
+            .collect();
+        batch.expiry = self
+            .expiry
+            .iter()
+            .map(|(key, present)| (*key, *present))
+            .collect();
+        batch.balances = self
+            .balances
+            .iter()
+            .map(|(key, amount)| (*key, *amount))
+            .collect();
+        batch.nonces = self
+            .nonces
+            .iter()
+            .map(|(owner, nonce)| (*owner, *nonce))
+            .collect();
+    }
+}
+
+/// A flush running on its own thread.
+struct InFlight {
+    frozen: Arc<Frozen>,
+    /// The thread's answer: how long the write took.
+    handle: std::thread::JoinHandle<Result<std::time::Duration>>,
 }
 
 /// Where a page of an owner's records ends: its last record's category and outpoint.
@@ -109,7 +167,7 @@ pub struct FlushTotals {
     pub flushes: u64,
     /// UTXO records written or deleted by them.
     pub records: u64,
-    /// Wall time spent in them.
+    /// Time the writes took (on the flush thread, overlapping block application).
     pub time: std::time::Duration,
 }
 
@@ -140,6 +198,8 @@ pub struct CoinsCache {
     undo_delete: Vec<u64>,
     blocks_since_flush: u64,
     flush_totals: FlushTotals,
+    /// The background flush, if one was started and its commit not yet seen.
+    in_flight: Option<InFlight>,
     failed: bool,
     read_error: Mutex<Option<StoreError>>,
 }
@@ -204,6 +264,7 @@ impl CoinsCache {
             undo_delete: Vec::new(),
             blocks_since_flush: 0,
             flush_totals: FlushTotals::default(),
+            in_flight: None,
             failed: false,
             read_error: Mutex::new(None),
         })
@@ -275,8 +336,25 @@ impl CoinsCache {
 
     // ---- reads ----
 
+    /// The layer a background flush is writing, until its commit is seen.
+    fn frozen(&self) -> Option<&Frozen> {
+        self.in_flight.as_ref().map(|in_flight| &*in_flight.frozen)
+    }
+
+    /// The dirty entry at `outpoint`: the live maps first, then the frozen layer.
+    fn dirty(&self, outpoint: &OutPointKey) -> Option<&Dirty> {
+        self.utxos
+            .get(outpoint)
+            .or_else(|| self.frozen().and_then(|frozen| frozen.utxos.get(outpoint)))
+    }
+
+    /// Whether a dirty entry (record or tombstone) hides what the store holds at `outpoint`.
+    fn shadowed(&self, outpoint: &OutPointKey) -> bool {
+        self.dirty(outpoint).is_some()
+    }
+
     fn raw(&self, outpoint: &OutPointKey) -> Result<Option<(Address, u8, StoredRecord)>> {
-        if let Some(dirty) = self.utxos.get(outpoint) {
+        if let Some(dirty) = self.dirty(outpoint) {
             return Ok(dirty
                 .record
                 .as_deref()
@@ -357,23 +435,30 @@ impl CoinsCache {
         let limit = limit.max(1);
         let owner = Address::from_slice(&prefix[..prefix.len().min(model::ADDRESS_LEN)])?;
         let category = prefix.get(model::ADDRESS_LEN).copied();
-        let dirty_live: Vec<(u8, OutPointKey)> = self
+        let wanted = |entry: &&(u8, OutPointKey)| {
+            category.is_none_or(|wanted| entry.0 == wanted)
+                && after.is_none_or(|after| **entry > (after.category, after.outpoint))
+        };
+        let mut dirty_live: Vec<(u8, OutPointKey)> = self
             .live_by_owner
             .get(&owner)
-            .map(|live| {
-                live.iter()
-                    .filter(|(c, _)| category.is_none_or(|wanted| *c == wanted))
-                    .filter(|entry| {
-                        after.is_none_or(|after| **entry > (after.category, after.outpoint))
-                    })
-                    .copied()
-                    .collect()
-            })
+            .map(|live| live.iter().filter(wanted).copied().collect())
             .unwrap_or_default();
+        let frozen = self.frozen();
+        if let Some(live) = frozen.and_then(|frozen| frozen.live_by_owner.get(&owner)) {
+            // Frozen records not changed since the flush began.
+            dirty_live.extend(
+                live.iter()
+                    .filter(wanted)
+                    .filter(|(_, outpoint)| !self.utxos.contains_key(outpoint)),
+            );
+        }
+        let nothing_dirty =
+            self.utxos.is_empty() && frozen.is_none_or(|frozen| frozen.utxos.is_empty());
         let after_key =
             after.map(|after| codec::owner_key(&owner, after.category, &after.outpoint));
         let mut page = UtxoPage::default();
-        if self.utxos.is_empty() || dirty_live.is_empty() {
+        if nothing_dirty || dirty_live.is_empty() {
             // Fast path (a flushed cache, or an owner untouched since the flush): the
             // snapshot's records are the answer, decoded once and handed out without a copy.
             // Owners hold a handful of records; start with room for them.
@@ -383,7 +468,7 @@ impl CoinsCache {
                 prefix,
                 after_key.as_ref().map(|key| &key[..]),
                 |outpoint, category, record| {
-                    if self.utxos.is_empty() || !self.utxos.contains_key(&outpoint) {
+                    if nothing_dirty || !self.shadowed(&outpoint) {
                         if page.utxos.len() == limit {
                             page.next = last;
                             return Ok(false);
@@ -401,7 +486,7 @@ impl CoinsCache {
             prefix,
             after_key.as_ref().map(|key| &key[..]),
             |outpoint, category, record| {
-                if !self.utxos.contains_key(&outpoint) {
+                if !self.shadowed(&outpoint) {
                     found.push((category, outpoint, record));
                 }
                 Ok(true)
@@ -409,8 +494,7 @@ impl CoinsCache {
         )?;
         for (category, outpoint) in dirty_live {
             if let Some(record) = self
-                .utxos
-                .get(&outpoint)
+                .dirty(&outpoint)
                 .and_then(|d| d.record.as_deref().cloned())
             {
                 found.push((category, outpoint, record));
@@ -487,6 +571,7 @@ impl CoinsCache {
         match self
             .balances
             .get(&key)
+            .or_else(|| self.frozen().and_then(|frozen| frozen.balances.get(&key)))
             .or_else(|| self.clean_balances.get(&key))
         {
             Some(amount) => Ok(*amount),
@@ -498,12 +583,14 @@ impl CoinsCache {
     pub fn balances(&self, owner: &Address) -> Result<BTreeMap<AssetId, u128>> {
         let mut balances: BTreeMap<AssetId, u128> =
             self.store.balances(owner)?.into_iter().collect();
-        for ((_, asset), amount) in self
-            .balances
-            .range((*owner, AssetId::Native)..)
-            .take_while(|((address, _), _)| address == owner)
-        {
-            balances.insert(*asset, *amount);
+        let layers = self.frozen().map(|frozen| &frozen.balances).into_iter();
+        for layer in layers.chain([&self.balances]) {
+            for ((_, asset), amount) in layer
+                .range((*owner, AssetId::Native)..)
+                .take_while(|((address, _), _)| address == owner)
+            {
+                balances.insert(*asset, *amount);
+            }
         }
         balances.retain(|_, amount| *amount > 0);
         Ok(balances)
@@ -514,6 +601,7 @@ impl CoinsCache {
         match self
             .nonces
             .get(owner)
+            .or_else(|| self.frozen().and_then(|frozen| frozen.nonces.get(owner)))
             .or_else(|| self.clean_nonces.get(owner))
         {
             Some(nonce) => Ok(*nonce),
@@ -527,8 +615,19 @@ impl CoinsCache {
             .store
             .outpoints()?
             .into_iter()
-            .filter(|outpoint| !self.utxos.contains_key(outpoint))
+            .filter(|outpoint| !self.shadowed(outpoint))
             .collect();
+        if let Some(frozen) = self.frozen() {
+            outpoints.extend(
+                frozen
+                    .utxos
+                    .iter()
+                    .filter(|(outpoint, dirty)| {
+                        dirty.record.is_some() && !self.utxos.contains_key(outpoint)
+                    })
+                    .map(|(outpoint, _)| *outpoint),
+            );
+        }
         outpoints.extend(
             self.utxos
                 .iter()
@@ -698,14 +797,14 @@ impl CoinsCache {
     fn expiring_before(&self, before: u64) -> Result<Vec<(u64, OutPointKey)>> {
         let mut entries: BTreeSet<(u64, OutPointKey)> =
             self.store.expiring_before(before)?.into_iter().collect();
-        for (entry, present) in self
-            .expiry
-            .range(..(before, OutPointKey::new(TxId::default(), 0)))
-        {
-            if *present {
-                entries.insert(*entry);
-            } else {
-                entries.remove(entry);
+        let layers = self.frozen().map(|frozen| &frozen.expiry).into_iter();
+        for layer in layers.chain([&self.expiry]) {
+            for (entry, present) in layer.range(..(before, OutPointKey::new(TxId::default(), 0))) {
+                if *present {
+                    entries.insert(*entry);
+                } else {
+                    entries.remove(entry);
+                }
             }
         }
         Ok(entries.into_iter().collect())
@@ -714,6 +813,7 @@ impl CoinsCache {
     /// Applies a validated block (its effects from [`CoinsCache::validate`]).
     pub fn apply(&mut self, block: &pb::Block, effects: BlockEffects) -> Result<BlockHash> {
         self.check_usable()?;
+        self.poll_flush()?;
         debug_assert_eq!(block.header.as_ref(), Some(&effects.header));
         let height = effects.header.height;
         let timestamp = effects.header.timestamp;
@@ -805,6 +905,8 @@ impl CoinsCache {
     /// rolled-back height and hash.
     pub fn rollback(&mut self) -> Result<(u64, BlockHash)> {
         self.check_usable()?;
+        // Undo data may be in the flush being written; rollbacks are rare, so wait for it.
+        self.finish_flush()?;
         let nothing = StoreError::NothingToRollback {
             max_undo_depth: self.params.max_undo_depth,
         };
@@ -948,10 +1050,22 @@ impl CoinsCache {
         dropped
     }
 
-    /// Writes everything dirty, the pending undo records and the tip in one transaction.
+    /// Writes everything dirty, the pending undo records and the tip in one transaction,
+    /// and returns when it is durable (waits for a background flush first).
     pub fn flush(&mut self) -> Result<()> {
+        self.flush_in_background()?;
+        self.finish_flush()
+    }
+
+    /// Starts writing everything dirty on another thread and returns at once; blocks keep
+    /// applying to fresh dirty maps while reads see the frozen layer until the commit is
+    /// seen (at the next apply, rollback or flush). A flush still running is waited for
+    /// first, so at most one layer is in flight and memory stays bounded by about two
+    /// flushes. The flushed state is exactly the tip at this call, which the caller must
+    /// have made durable in the block log (the replay source) before.
+    pub fn flush_in_background(&mut self) -> Result<()> {
         self.check_usable()?;
-        let started = std::time::Instant::now();
+        self.finish_flush()?;
         let mut batch = FlushBatch {
             meta: MetaRecord {
                 tip: self.tip.as_ref().map(TipRecord::from_tip),
@@ -959,22 +1073,6 @@ impl CoinsCache {
             },
             ..FlushBatch::default()
         };
-        batch.utxos = self
-            .utxos
-            .drain()
-            .map(|(outpoint, dirty)| UtxoWrite {
-                outpoint,
-                owner: dirty.owner,
-                category: dirty.category,
-                record: dirty.record.map(|record| *record),
-            })
-            .collect();
-        self.live_by_owner.clear();
-        batch.expiry = std::mem::take(&mut self.expiry).into_iter().collect();
-        batch.balances = std::mem::take(&mut self.balances).into_iter().collect();
-        batch.nonces = self.nonces.drain().collect();
-        let balances = batch.balances.clone();
-        let nonces = batch.nonces.clone();
         batch.undo_delete = std::mem::take(&mut self.undo_delete);
         batch.undo_put = self.pending_undo.drain(..).collect();
         if self.references_dirty {
@@ -994,29 +1092,99 @@ impl CoinsCache {
                     .collect(),
             });
         }
-        // On failure the drained entries are gone: the cache refuses further use and the
-        // owner reopens, replaying the log from the last flush.
-        self.failed = true;
-        let n_records = batch.utxos.len() as u64;
-        self.store.write(batch)?;
-        self.failed = false;
-        self.flush_totals.flushes += 1;
-        self.flush_totals.records += n_records;
-        self.flush_totals.time += started.elapsed();
-        // The written values are now the flushed store's: keep them for later reads.
-        if self.clean_balances.len() + balances.len() > self.clean_limit {
-            self.clean_balances.clear();
-        }
-        if self.clean_nonces.len() + nonces.len() > self.clean_limit {
-            self.clean_nonces.clear();
-        }
-        self.clean_balances
-            .extend(balances.into_iter().take(self.clean_limit));
-        self.clean_nonces
-            .extend(nonces.into_iter().take(self.clean_limit));
+        let frozen = Arc::new(Frozen {
+            utxos: std::mem::take(&mut self.utxos),
+            live_by_owner: std::mem::take(&mut self.live_by_owner),
+            expiry: std::mem::take(&mut self.expiry),
+            balances: std::mem::take(&mut self.balances),
+            nonces: std::mem::take(&mut self.nonces),
+        });
+        let writer: StoreWriter = self.store.writer();
+        let layer = Arc::clone(&frozen);
+        let handle = std::thread::Builder::new()
+            .name("wes-flush".to_string())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                layer.fill(&mut batch);
+                writer.write(batch)?;
+                Ok(started.elapsed())
+            })
+            .map_err(|error| StoreError::Corrupt(format!("cannot start the flush: {error}")))?;
+        self.in_flight = Some(InFlight { frozen, handle });
         self.references_dirty = false;
         self.blocks_since_flush = 0;
         Ok(())
+    }
+
+    /// True while a background flush's commit has not been seen yet.
+    pub fn flush_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Takes in a background flush that has finished, without waiting.
+    fn poll_flush(&mut self) -> Result<()> {
+        match &self.in_flight {
+            Some(in_flight) if in_flight.handle.is_finished() => self.finish_flush(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits for the background flush, if any, and takes its commit in: the store's
+    /// snapshot is renewed and the frozen layer dropped. A failed flush makes the cache
+    /// refuse further use (reopen to replay the log from the last flush).
+    fn finish_flush(&mut self) -> Result<()> {
+        let Some(in_flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let written = in_flight
+            .handle
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Corrupt("the flush thread panicked".to_string())));
+        let took = match written.and_then(|took| self.store.refresh().map(|()| took)) {
+            Ok(took) => took,
+            Err(error) => {
+                self.failed = true;
+                return Err(error);
+            }
+        };
+        let frozen = in_flight.frozen;
+        self.flush_totals.flushes += 1;
+        self.flush_totals.records += frozen.utxos.len() as u64;
+        self.flush_totals.time += took;
+        // The written values are now the flushed store's: keep them for later reads.
+        if self.clean_balances.len() + frozen.balances.len() > self.clean_limit {
+            self.clean_balances.clear();
+        }
+        if self.clean_nonces.len() + frozen.nonces.len() > self.clean_limit {
+            self.clean_nonces.clear();
+        }
+        self.clean_balances.extend(
+            frozen
+                .balances
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .take(self.clean_limit),
+        );
+        self.clean_nonces.extend(
+            frozen
+                .nonces
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .take(self.clean_limit),
+        );
+        // Freeing a few hundred thousand records takes a while; not on this thread.
+        std::thread::spawn(move || drop(frozen));
+        Ok(())
+    }
+}
+
+impl Drop for CoinsCache {
+    /// A flush in flight is finished before the store closes (a reopen in the same
+    /// process needs the database file free).
+    fn drop(&mut self) {
+        if let Err(error) = self.finish_flush() {
+            tracing::warn!(%error, "background flush failed while closing the store");
+        }
     }
 }
 

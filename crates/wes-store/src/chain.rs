@@ -5,7 +5,9 @@
 //! the cache -> flush if `flush_every_blocks` blocks or `flush_max_dirty` entries are
 //! pending. A block is therefore always in the log before any state that includes it is
 //! flushed, and the flushed state (UTXOs, indexes, balances, nonces, undo, admissions and
-//! the tip) is always exactly the state after some block.
+//! the tip) is always exactly the state after some block. The threshold flush runs on its
+//! own thread ([`CoinsCache::flush_in_background`]) while the next blocks apply; a crash
+//! before its commit leaves the previous flushed state, and the log replays the rest.
 //!
 //! **Rollback (reorg).** Undo the tip block in the cache (undo data from memory or the
 //! store), then truncate the repository at that height (synced).
@@ -88,7 +90,7 @@ impl ChainStore {
             self.cache.apply(&block, effects)?;
             self.recovery.n_replayed += 1;
             if self.cache.should_flush() {
-                self.cache.flush()?;
+                self.cache.flush_in_background()?;
             }
         }
         self.cache.flush()
@@ -148,7 +150,7 @@ impl ChainStore {
         let hash = self.cache.apply(block, effects)?;
         if self.cache.should_flush() {
             self.repository.sync()?;
-            self.cache.flush()?;
+            self.cache.flush_in_background()?;
         }
         Ok(hash)
     }
@@ -180,7 +182,7 @@ impl ChainStore {
         self.repository.append(block)?;
         let hash = self.cache.apply(block, effects)?;
         if self.cache.should_flush() {
-            self.cache.flush()?;
+            self.cache.flush_in_background()?;
         }
         Ok(hash)
     }
@@ -200,7 +202,7 @@ impl ChainStore {
         Ok(hash)
     }
 
-    /// Flushes the cache now.
+    /// Flushes the cache now and waits until it is durable.
     pub fn flush(&mut self) -> Result<()> {
         self.cache.flush()
     }

@@ -16,6 +16,7 @@
 //!   [`ReferencesRecord`] (admissions and reference totals).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use prost::Message;
 use redb::{Database, Durability, ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition};
@@ -137,8 +138,16 @@ fn decode_record(bytes: &[u8], owner: &Address, outpoint: &OutPointKey) -> Resul
 
 /// The redb-backed flushed state (see the module docs).
 pub struct UtxoStore {
-    db: Database,
+    db: Arc<Database>,
     snapshot: Snapshot,
+}
+
+/// Writes flushes into a [`UtxoStore`]'s database from any thread (the coins cache's
+/// background flush). The store's read snapshot does not see a write until
+/// [`UtxoStore::refresh`].
+#[derive(Clone)]
+pub struct StoreWriter {
+    db: Arc<Database>,
 }
 
 impl UtxoStore {
@@ -157,7 +166,10 @@ impl UtxoStore {
         }
         transaction.commit()?;
         let snapshot = Snapshot::open(&db)?;
-        Ok(Self { db, snapshot })
+        Ok(Self {
+            db: Arc::new(db),
+            snapshot,
+        })
     }
 
     /// The flushed tip and undo floor (default when nothing was flushed).
@@ -306,7 +318,28 @@ impl UtxoStore {
     }
 
     /// Writes a flush in one durable transaction and renews the read snapshot.
-    pub fn write(&mut self, mut batch: FlushBatch) -> Result<()> {
+    pub fn write(&mut self, batch: FlushBatch) -> Result<()> {
+        self.writer().write(batch)?;
+        self.refresh()
+    }
+
+    /// A handle that writes flushes from another thread.
+    pub fn writer(&self) -> StoreWriter {
+        StoreWriter {
+            db: Arc::clone(&self.db),
+        }
+    }
+
+    /// Renews the read snapshot, so reads see every committed write.
+    pub fn refresh(&mut self) -> Result<()> {
+        self.snapshot = Snapshot::open(&self.db)?;
+        Ok(())
+    }
+}
+
+impl StoreWriter {
+    /// Writes a flush in one durable transaction (the store's snapshot is not renewed).
+    pub fn write(&self, mut batch: FlushBatch) -> Result<()> {
         let mut transaction = self.db.begin_write()?;
         transaction.set_durability(Durability::Immediate);
         {
@@ -414,7 +447,6 @@ impl UtxoStore {
             meta.insert(META_TIP, &batch.meta.encode_to_vec()[..])?;
         }
         transaction.commit()?;
-        self.snapshot = Snapshot::open(&self.db)?;
         // Freeing a few hundred thousand decoded records takes a while; not on this thread.
         let utxos = std::mem::take(&mut batch.utxos);
         std::thread::spawn(move || drop(utxos));
