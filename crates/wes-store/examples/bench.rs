@@ -15,6 +15,8 @@
 //! (validation included).
 //!
 //! Run: `cargo run --release -p wes-store --example bench`
+//! (`WES_BENCH_CHAINED_BLOCKS=60 WES_BENCH_FLUSH_BLOCKS=10` for a longer chained phase
+//! with a flush every 10 blocks.)
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -223,15 +225,22 @@ fn measure_parallel(name: &str, n: usize, n_threads: usize, query: impl Fn(usize
     );
 }
 
+/// A numeric environment override, or `default`.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() {
     let dir = tempfile::tempdir().unwrap();
+    let n_chained_blocks: usize = env_or("WES_BENCH_CHAINED_BLOCKS", N_TRANSFER_BLOCKS);
     let config = StoreConfig {
-        flush_every_blocks: 1_000,
-        // WES_BENCH_FLUSH_DIRTY overrides (the library default is 500,000).
-        flush_max_dirty: std::env::var("WES_BENCH_FLUSH_DIRTY")
-            .ok()
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(200_000),
+        // WES_BENCH_FLUSH_BLOCKS / WES_BENCH_FLUSH_DIRTY override (the library defaults are
+        // 50,000 blocks and 500,000 entries).
+        flush_every_blocks: env_or("WES_BENCH_FLUSH_BLOCKS", 1_000),
+        flush_max_dirty: env_or("WES_BENCH_FLUSH_DIRTY", 200_000),
         sync_repository: true,
         hot_output_max_bytes: 1_024,
     };
@@ -363,7 +372,7 @@ fn main() {
     let mut previous: Vec<pb::Transaction> = last_block
         .map(|block| block.transactions[1..].to_vec())
         .unwrap_or_default();
-    for round in 0..N_TRANSFER_BLOCKS {
+    for round in 0..n_chained_blocks {
         let tip = store.tip().unwrap();
         let (height, timestamp) = (tip.height + 1, tip.timestamp + gen::BLOCK_INTERVAL_SECONDS);
         let transactions: Vec<pb::Transaction> = previous
@@ -391,7 +400,7 @@ fn main() {
     }
     timer.flush(&mut store);
     println!(
-        "chained transfers: {N_TRANSFER_BLOCKS} blocks, each spending the previous block's outputs"
+        "chained transfers: {n_chained_blocks} blocks, each spending the previous block's outputs"
     );
     timer.print("chained");
 
