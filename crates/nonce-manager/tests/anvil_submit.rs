@@ -2,7 +2,7 @@
 //! `npm install --prefix tests/evm --ignore-scripts`; skipped when not installed unless
 //! TAKHIN_REQUIRE_ALL_CLIENTS=1): 200 transactions from dev account 0 with duplicated
 //! request ids, submitted concurrently through the lease, the batch allocator and the
-//! SQLite store; all mined, nonces gapless on chain.
+//! store (SQLite and PostgreSQL); all mined, nonces gapless on chain.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -17,17 +17,18 @@ use nonce_manager::{RequestId, TxPayload, TxStatus};
 
 use common::anvil::Anvil;
 use common::stack::Stack;
+use common::Backend;
+
+on_both_backends!(submit_200_with_retries_all_mined_gapless);
 
 const TRANSACTIONS: u64 = 200;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn submit_200_with_retries_all_mined_gapless() {
+async fn submit_200_with_retries_all_mined_gapless(backend: Backend) {
     let Some(anvil) = test_support::skip_unless_required("anvil_submit", Anvil::start(None)) else {
         return;
     };
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let stack = Arc::new(Stack::sqlite(anvil.url(), &dir.path().join("nonce.sqlite")).await);
+    let stack = Arc::new(Stack::on(anvil.url(), &backend).await);
     let (store, chain) = (stack.store.clone(), stack.chain.clone());
     let signer = stack.key.address();
 

@@ -2,7 +2,8 @@
 //! `tests/evm/node_modules`; skipped when not installed unless TAKHIN_REQUIRE_ALL_CLIENTS=1):
 //! N confirmations, reorgs that re-include or drop a transaction, a dropped transaction
 //! re-broadcast behind later nonces, fee bumps under a base-fee spike up to the cap, and a
-//! transaction mined before its receipt was seen and then resubmitted.
+//! transaction mined before its receipt was seen and then resubmitted. Every case runs on
+//! SQLite and on PostgreSQL.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -25,13 +26,22 @@ use serde_json::{json, Value};
 use common::anvil::Anvil;
 use common::hardhat::Hardhat;
 use common::stack::Stack;
+use common::Backend;
+
+on_both_backends!(
+    anvil_reorg_reincluded_confirms_again,
+    anvil_reorg_dropped_is_resubmitted_and_confirms,
+    anvil_dropped_transaction_is_rebroadcast,
+    anvil_mined_unseen_then_resubmitted_confirms,
+    hardhat_base_fee_spike_bumps_to_the_cap,
+    anvil_reorg_while_down_is_found_after_restart,
+);
 
 const GWEI: u128 = 1_000_000_000;
 const WAIT: Duration = Duration::from_secs(15);
 
 struct Harness {
     stack: Stack,
-    _dir: Option<tempfile::TempDir>,
 }
 
 impl std::ops::Deref for Harness {
@@ -42,18 +52,10 @@ impl std::ops::Deref for Harness {
 }
 
 impl Harness {
-    async fn new(url: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut harness = Self::at(url, &dir.path().join("nonce.sqlite")).await;
-        harness._dir = Some(dir);
-        harness
-    }
-
-    /// A node on the database file at `path` (kept by the caller, for restarts).
-    async fn at(url: &str, path: &std::path::Path) -> Self {
+    /// A node on `backend` (another call on the same backend is a restarted node).
+    async fn new(url: &str, backend: &Backend) -> Self {
         Self {
-            stack: Stack::sqlite(url, path).await,
-            _dir: None,
+            stack: Stack::on(url, backend).await,
         }
     }
 
@@ -174,12 +176,12 @@ fn quick_policy() -> PolicyConfig {
 
 /// Confirmed at 3; a depth-3 reorg re-includes (`drop == false`) or drops the transaction;
 /// it is rolled back to Tracking, its receipt fetched again, and Confirmed again.
-async fn reorg_case(test: &str, drop: bool) {
+async fn reorg_case(test: &str, drop: bool, backend: Backend) {
     let Some(anvil) = test_support::skip_unless_required(test, Anvil::start(None)) else {
         return;
     };
     let started = Instant::now();
-    let h = Harness::new(anvil.url()).await;
+    let h = Harness::new(anvil.url(), &backend).await;
     let finality = h.finality(3);
     let policy = h.policy(quick_policy(), Some(finality.view())).await;
     let stats = policy.stats();
@@ -242,26 +244,28 @@ async fn reorg_case(test: &str, drop: bool) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anvil_reorg_reincluded_confirms_again() {
-    reorg_case("anvil_reorg_reincluded_confirms_again", false).await;
+async fn anvil_reorg_reincluded_confirms_again(backend: Backend) {
+    reorg_case("anvil_reorg_reincluded_confirms_again", false, backend).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anvil_reorg_dropped_is_resubmitted_and_confirms() {
-    reorg_case("anvil_reorg_dropped_is_resubmitted_and_confirms", true).await;
+async fn anvil_reorg_dropped_is_resubmitted_and_confirms(backend: Backend) {
+    reorg_case(
+        "anvil_reorg_dropped_is_resubmitted_and_confirms",
+        true,
+        backend,
+    )
+    .await;
 }
 
 /// Automine off, nonces 0..3 pending, nonce 0 dropped from the pool: the policy loop
 /// re-broadcasts it and all three confirm.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anvil_dropped_transaction_is_rebroadcast() {
+async fn anvil_dropped_transaction_is_rebroadcast(backend: Backend) {
     let test = "anvil_dropped_transaction_is_rebroadcast";
     let Some(anvil) = test_support::skip_unless_required(test, Anvil::start(None)) else {
         return;
     };
     let started = Instant::now();
-    let h = Harness::new(anvil.url()).await;
+    let h = Harness::new(anvil.url(), &backend).await;
     h.rpc("evm_setAutomine", json!([false])).await;
     let finality = h.finality(2);
     let policy = h.policy(quick_policy(), Some(finality.view())).await;
@@ -296,13 +300,12 @@ async fn anvil_dropped_transaction_is_rebroadcast() {
 
 /// Mined while no receipt was seen yet, then resubmitted: a bump gets "nonce too low", the
 /// stored attempts' receipts show it mined, and it ends Confirmed, not Reconciling/Failed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anvil_mined_unseen_then_resubmitted_confirms() {
+async fn anvil_mined_unseen_then_resubmitted_confirms(backend: Backend) {
     let test = "anvil_mined_unseen_then_resubmitted_confirms";
     let Some(anvil) = test_support::skip_unless_required(test, Anvil::start(None)) else {
         return;
     };
-    let h = Harness::new(anvil.url()).await;
+    let h = Harness::new(anvil.url(), &backend).await;
     h.rpc("evm_setAutomine", json!([false])).await;
     let record = h.submit("raced", 10 * GWEI, GWEI).await;
     h.rpc("evm_mine", json!([])).await;
@@ -329,14 +332,13 @@ async fn anvil_mined_unseen_then_resubmitted_confirms() {
 /// Hardhat, automine off, every block's base fee spiked to 5 gwei: the 2 gwei transaction
 /// stalls; the policy bumps both fees by >= 10% a round up to the 3 gwei cap, raises the
 /// alert there; once the spike ends the last replacement is mined and Confirmed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hardhat_base_fee_spike_bumps_to_the_cap() {
+async fn hardhat_base_fee_spike_bumps_to_the_cap(backend: Backend) {
     let test = "hardhat_base_fee_spike_bumps_to_the_cap";
     let Some(hardhat) = test_support::skip_unless_required(test, Hardhat::start()) else {
         return;
     };
     let started = Instant::now();
-    let h = Harness::new(hardhat.url()).await;
+    let h = Harness::new(hardhat.url(), &backend).await;
     h.rpc("evm_setAutomine", json!([false])).await;
     let spike = Arc::new(AtomicBool::new(true));
     let miner = {
@@ -425,15 +427,12 @@ async fn hardhat_base_fee_spike_bumps_to_the_cap() {
 /// drops the transaction. A new node on the same database reloads the stored receipt, sees
 /// its block left the chain, rolls the record back to Tracking, re-broadcasts the stored
 /// bytes, and confirms it again in a new block.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anvil_reorg_while_down_is_found_after_restart() {
+async fn anvil_reorg_while_down_is_found_after_restart(backend: Backend) {
     let test = "anvil_reorg_while_down_is_found_after_restart";
     let Some(anvil) = test_support::skip_unless_required(test, Anvil::start(None)) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nonce.sqlite");
-    let h = Harness::at(anvil.url(), &path).await;
+    let h = Harness::new(anvil.url(), &backend).await;
     let finality = h.finality(3);
     let record = h.submit("restarted", 10 * GWEI, GWEI).await;
     let first = h
@@ -472,7 +471,7 @@ async fn anvil_reorg_while_down_is_found_after_restart() {
         "dropped"
     );
 
-    let h = Harness::at(anvil.url(), &path).await;
+    let h = Harness::new(anvil.url(), &backend).await;
     assert_eq!(h.record("restarted").await.status, TxStatus::Confirmed);
     let finality = h.finality(3);
     let policy = h.policy(quick_policy(), Some(finality.view())).await;

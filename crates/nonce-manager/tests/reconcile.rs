@@ -2,7 +2,8 @@
 //! unless TAKHIN_REQUIRE_ALL_CLIENTS=1): another wallet spends from the same key, bypassing
 //! the manager -> drift detected, alert raised, our record failed, the next allocation
 //! skips ahead; an abandoned nonce blocks a later one -> the gap is filled with a
-//! zero-value self-transfer and the later nonce mines.
+//! zero-value self-transfer and the later nonce mines. Every case runs on SQLite and on
+//! PostgreSQL.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -20,10 +21,16 @@ use nonce_manager::{RequestId, TxPayload, TxStatus};
 
 use common::anvil::Anvil;
 use common::stack::Stack;
+use common::Backend;
+
+on_both_backends!(
+    foreign_wallet_drift_is_detected_and_allocation_skips_ahead,
+    abandoned_nonce_gap_is_filled_so_later_nonces_mine,
+    externally_signed_transactions_are_reported_tracked_and_not_drift,
+);
 
 struct Harness {
     stack: Stack,
-    _dir: tempfile::TempDir,
 }
 
 impl std::ops::Deref for Harness {
@@ -34,11 +41,9 @@ impl std::ops::Deref for Harness {
 }
 
 impl Harness {
-    async fn new(url: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+    async fn new(url: &str, backend: &Backend) -> Self {
         Self {
-            stack: Stack::sqlite(url, &dir.path().join("nonce.sqlite")).await,
-            _dir: dir,
+            stack: Stack::on(url, backend).await,
         }
     }
 
@@ -99,14 +104,13 @@ impl Harness {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreign_wallet_drift_is_detected_and_allocation_skips_ahead() {
+async fn foreign_wallet_drift_is_detected_and_allocation_skips_ahead(backend: Backend) {
     let Some(anvil) = test_support::skip_unless_required("reconcile_drift", Anvil::start(None))
     else {
         return;
     };
     let started = Instant::now();
-    let h = Harness::new(anvil.url()).await;
+    let h = Harness::new(anvil.url(), &backend).await;
     let signer = h.key.address();
     let reconciler = h.reconciler(ReconcileConfig::default()).await;
 
@@ -185,14 +189,13 @@ async fn foreign_wallet_drift_is_detected_and_allocation_skips_ahead() {
     eprintln!("drift: {:?}", started.elapsed());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abandoned_nonce_gap_is_filled_so_later_nonces_mine() {
+async fn abandoned_nonce_gap_is_filled_so_later_nonces_mine(backend: Backend) {
     let Some(anvil) = test_support::skip_unless_required("reconcile_gap", Anvil::start(None))
     else {
         return;
     };
     let started = Instant::now();
-    let h = Harness::new(anvil.url()).await;
+    let h = Harness::new(anvil.url(), &backend).await;
     let signer = h.key.address();
     let reconciler = h
         .reconciler(ReconcileConfig {
@@ -250,13 +253,12 @@ async fn abandoned_nonce_gap_is_filled_so_later_nonces_mine() {
 /// Anvil's dev account 1 (a published test key): somebody who is not the signer.
 const OTHER_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn externally_signed_transactions_are_reported_tracked_and_not_drift() {
+async fn externally_signed_transactions_are_reported_tracked_and_not_drift(backend: Backend) {
     let Some(anvil) = test_support::skip_unless_required("reconcile_external", Anvil::start(None))
     else {
         return;
     };
-    let h = Harness::new(anvil.url()).await;
+    let h = Harness::new(anvil.url(), &backend).await;
     let reconciler = h.reconciler(ReconcileConfig::default()).await;
     let id = |s: &str| RequestId::new(s).unwrap();
     let external = |s: &'static str| {

@@ -170,3 +170,32 @@ impl ChainClient for FixedChain {
         Ok(None)
     }
 }
+
+/// Generates, for test functions `async fn case(backend: Backend)` at the test crate's root,
+/// one `#[tokio::test]` per backend: `sqlite::case` and `postgres::case` (skipped when
+/// PostgreSQL is not installed, unless TAKHIN_REQUIRE_ALL_CLIENTS=1).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($crate::common::Backend::sqlite().unwrap()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(backend) = $crate::common::Backend::postgres(stringify!($case))
+                    else {
+                        return;
+                    };
+                    super::$case(backend).await;
+                }
+            )*
+        }
+    };
+}

@@ -1,7 +1,7 @@
-//! One node's stack for the dev signer on a SQLite file: store, held lease, allocator and
-//! submitter, against a real chain. The tests that drive a chain build their harnesses on it.
+//! One node's stack for the dev signer on either store backend: store, held lease, allocator
+//! and submitter, against a real chain. The tests that drive a chain build their harnesses
+//! on it and run on SQLite and on PostgreSQL.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +13,11 @@ use nonce_manager::alloy_chain::AlloyChainClient;
 use nonce_manager::chain::ChainClient;
 use nonce_manager::signer::LocalKey;
 use nonce_manager::signer_resource;
-use nonce_manager::store::sqlite::SqliteNonceStore;
 use nonce_manager::store::NonceStore;
 use nonce_manager::submit::Submitter;
 
 use super::anvil::DEV_KEY_0;
+use super::Backend;
 
 pub struct Stack {
     pub url: String,
@@ -33,14 +33,20 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// A node on the database file at `path` (kept by the caller, for restarts).
-    pub async fn sqlite(url: &str, path: &Path) -> Self {
+    /// A node on `backend`'s database (another call opens another node on the same one, as
+    /// a restarted process would).
+    pub async fn on(url: &str, backend: &Backend) -> Self {
         let clock = Arc::new(SystemClock);
-        let (store, leases) = SqliteNonceStore::connect(path, clock.clone())
-            .await
-            .unwrap();
-        let store: Arc<dyn NonceStore> = Arc::new(store);
-        let leases: Arc<dyn LeaseStore> = Arc::new(leases);
+        let node = backend.node(clock.clone()).await;
+        Self::with(url, node.store, node.leases, clock).await
+    }
+
+    async fn with(
+        url: &str,
+        store: Arc<dyn NonceStore>,
+        leases: Arc<dyn LeaseStore>,
+        clock: Arc<SystemClock>,
+    ) -> Self {
         let chain: Arc<dyn ChainClient> = Arc::new(AlloyChainClient::new(url).unwrap());
         let key = LocalKey::from_hex(DEV_KEY_0).unwrap();
         let guard = LeaseManager::acquire(
