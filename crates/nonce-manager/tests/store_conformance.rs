@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy_primitives::{Address, Bytes, B256};
-use ledger_lease::{HolderId, ManualClock, UnixMillis};
+use ledger_lease::{FencingToken, HolderId, ManualClock, UnixMillis};
 use nonce_manager::chain::ReceiptSummary;
 use nonce_manager::store::NewAllocation;
 use nonce_manager::{signer_resource, RequestId, StoreError, TxAttempt, TxStatus};
@@ -49,6 +49,22 @@ mod cases {
             .iter()
             .map(|allocation| (allocation.nonce, allocation.existing))
             .collect()
+    }
+
+    /// Takes each signer's lease as node-a; returns their fencing tokens in order.
+    async fn hold_leases(node: &common::Node, signers: &[Address]) -> Vec<FencingToken> {
+        let holder = HolderId::new("node-a").unwrap();
+        let mut tokens = Vec::new();
+        for signer in signers {
+            let lease = node
+                .leases
+                .try_acquire(&signer_resource(*signer), &holder, TTL)
+                .await
+                .unwrap()
+                .unwrap();
+            tokens.push(lease.token);
+        }
+        tokens
     }
 
     pub async fn batch_is_gapless_and_dedups(backend: Backend) {
@@ -437,17 +453,7 @@ mod cases {
         let clock = Arc::new(ManualClock::default());
         let node = backend.node(clock).await;
         let other = Address::repeat_byte(0x43);
-        let holder = HolderId::new("node-a").unwrap();
-        let mut tokens = Vec::new();
-        for signer in [signer(), other] {
-            let lease = node
-                .leases
-                .try_acquire(&signer_resource(signer), &holder, TTL)
-                .await
-                .unwrap()
-                .unwrap();
-            tokens.push(lease.token);
-        }
+        let tokens = hold_leases(&node, &[signer(), other]).await;
         node.store
             .commit_allocations(signer(), tokens[0], 0, &[request("shared", 1)])
             .await
@@ -489,17 +495,7 @@ mod cases {
         let clock = Arc::new(ManualClock::default());
         let node = backend.node(clock).await;
         let other = Address::repeat_byte(0x44);
-        let holder = HolderId::new("node-a").unwrap();
-        let mut tokens = Vec::new();
-        for signer in [signer(), other] {
-            let lease = node
-                .leases
-                .try_acquire(&signer_resource(signer), &holder, TTL)
-                .await
-                .unwrap()
-                .unwrap();
-            tokens.push(lease.token);
-        }
+        let tokens = hold_leases(&node, &[signer(), other]).await;
         let store = &node.store;
         let batch_for = |who: &str, round: usize| {
             vec![

@@ -69,7 +69,6 @@ struct Dirty {
 /// The dirty state as it was when a background flush began: read between the live dirty
 /// maps and the store until the cache has seen that flush commit (then the store's snapshot
 /// holds all of it and the layer is dropped). Immutable; the flush thread reads it too.
-#[derive(Default)]
 struct Frozen {
     utxos: HashMap<OutPointKey, Dirty>,
     live_by_owner: HashMap<Address, BTreeSet<(u8, OutPointKey)>>,
