@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use redb::TableDefinition;
+use redb::{ReadableDatabase, TableDefinition};
 
 const N_RECORDS: usize = 400_000;
 const N_OWNERS: usize = 40_000;
@@ -58,7 +58,7 @@ fn bench_redb(data: &[([u8; 36], [u8; 57], Vec<u8>)]) {
     let started = Instant::now();
     for chunk in data.chunks(BATCH) {
         let mut txn = db.begin_write().unwrap();
-        txn.set_durability(redb::Durability::Immediate);
+        txn.set_durability(redb::Durability::Immediate).unwrap();
         {
             let mut utxos = txn.open_table(UTXOS).unwrap();
             let mut owners = txn.open_table(OWNERS).unwrap();

@@ -36,6 +36,20 @@ pub enum StoreError {
     /// A file operation failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The UTXO store file was written by an older release's file format. The UTXO state is
+    /// derived from the block repository, so moving the file away rebuilds it on the next
+    /// open (pending admissions are dropped with it).
+    #[error(
+        "{path} uses an older store file format (redb format {format}); move it away and \
+         restart: the UTXO state is rebuilt from the block repository (pending admissions \
+         are dropped)"
+    )]
+    OldFormat {
+        /// The store file.
+        path: std::path::PathBuf,
+        /// The file format version found in it.
+        format: u8,
+    },
     /// The embedded database failed.
     #[error("database: {0}")]
     Database(Box<redb::Error>),
@@ -57,7 +71,8 @@ from_redb!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 impl From<BlockError> for StoreError {

@@ -19,7 +19,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use prost::Message;
-use redb::{Database, Durability, ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    TableDefinition,
+};
 use wes_utxo::model::{Address, AssetId, OutPointKey, ADDRESS_LEN};
 use wes_utxo::pb;
 
@@ -153,7 +156,16 @@ pub struct StoreWriter {
 impl UtxoStore {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path)?;
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::UpgradeRequired(format)) => {
+                return Err(StoreError::OldFormat {
+                    path: path.to_path_buf(),
+                    format,
+                })
+            }
+            Err(error) => return Err(error.into()),
+        };
         let transaction = db.begin_write()?;
         {
             transaction.open_table(UTXOS)?;
@@ -341,7 +353,7 @@ impl StoreWriter {
     /// Writes a flush in one durable transaction (the store's snapshot is not renewed).
     pub fn write(&self, mut batch: FlushBatch) -> Result<()> {
         let mut transaction = self.db.begin_write()?;
-        transaction.set_durability(Durability::Immediate);
+        transaction.set_durability(Durability::Immediate)?;
         {
             // Sorted writes touch each B-tree page once.
             batch.utxos.sort_unstable_by_key(|write| write.outpoint);
@@ -487,6 +499,33 @@ mod tests {
         let bytes = stripped.encode_to_vec();
         assert!(bytes.len() + 70 < original.encoded_len());
         assert_eq!(decode_record(&bytes, &owner, &outpoint).unwrap(), original);
+    }
+
+    #[test]
+    fn a_file_of_the_older_format_is_refused_with_what_to_do_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("utxo.redb");
+        {
+            const TABLE: redb2::TableDefinition<&str, u64> = redb2::TableDefinition::new("t");
+            let db = redb2::Database::create(&path).unwrap();
+            let transaction = db.begin_write().unwrap();
+            transaction
+                .open_table(TABLE)
+                .unwrap()
+                .insert("k", 7)
+                .unwrap();
+            transaction.commit().unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        let error = UtxoStore::open(&path).err().unwrap();
+        assert!(
+            matches!(error, StoreError::OldFormat { format: 2, .. }),
+            "{error}"
+        );
+        assert!(error
+            .to_string()
+            .contains("rebuilt from the block repository"));
+        assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 
     #[test]
