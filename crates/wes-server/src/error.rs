@@ -51,7 +51,9 @@ pub fn store_status(error: StoreError) -> Status {
         | StoreError::NothingToRollback { .. } => Status::failed_precondition(message),
         StoreError::BlockNotFound(_) => Status::not_found(message),
         StoreError::Corrupt(_) => Status::data_loss(message),
-        StoreError::Io(_) | StoreError::Database(_) => Status::internal(message),
+        StoreError::Io(_) | StoreError::OldFormat { .. } | StoreError::Database(_) => {
+            Status::internal(message)
+        }
     }
 }
 

@@ -53,7 +53,7 @@ use crate::codec::{
 use crate::error::{Result, StoreError};
 use crate::limits::StoreConfig;
 use crate::repository::BlockRepository;
-use crate::store::{FlushBatch, StoreWriter, UtxoStore, UtxoWrite};
+use crate::store::{restore_record, strip_record, FlushBatch, StoreWriter, UtxoStore, UtxoWrite};
 
 struct Dirty {
     owner: Address,
@@ -63,7 +63,20 @@ struct Dirty {
     /// an output created and spent between two flushes never reaches the store.
     fresh: bool,
     /// Boxed: a record is a few hundred bytes, and the map moves its entries when it grows.
+    /// Stripped as the store writes it (`store::strip_record`; [`Dirty::restored`] undoes it),
+    /// so a flush encodes it without a copy, and it takes less memory meanwhile.
     record: Option<Box<StoredRecord>>,
+}
+
+impl Dirty {
+    /// A copy of the record in full form.
+    fn restored(&self, outpoint: &OutPointKey) -> Option<StoredRecord> {
+        self.record.as_deref().map(|record| {
+            let mut record = record.clone();
+            restore_record(&mut record, &self.owner, outpoint);
+            record
+        })
+    }
 }
 
 /// The dirty state as it was when a background flush began: read between the live dirty
@@ -78,19 +91,24 @@ struct Frozen {
 }
 
 impl Frozen {
-    /// The flush's UTXO, expiry, balance and nonce writes (records are copied: the layer
-    /// stays readable while they are written).
+    /// The flush's UTXO, expiry, balance and nonce writes (records are encoded from the
+    /// layer, which stays readable while they are written).
     fn fill(&self, batch: &mut FlushBatch) {
-        batch.utxos = self
-            .utxos
-            .iter()
-            .map(|(outpoint, dirty)| UtxoWrite {
+        batch.utxos.reserve(self.utxos.len());
+        for (outpoint, dirty) in &self.utxos {
+            let record = dirty.record.as_deref().map(|record| {
+                let start = batch.records.len();
+                // Encoding into a Vec cannot fail (it grows as needed).
+                let _ = record.encode(&mut batch.records);
+                start..batch.records.len()
+            });
+            batch.utxos.push(UtxoWrite {
                 outpoint: *outpoint,
                 owner: dirty.owner,
                 category: dirty.category,
-                record: dirty.record.as_deref().cloned(),
-            })
-            .collect();
+                record,
+            });
+        }
         batch.expiry = self
             .expiry
             .iter()
@@ -355,9 +373,7 @@ impl CoinsCache {
     fn raw(&self, outpoint: &OutPointKey) -> Result<Option<(Address, u8, StoredRecord)>> {
         if let Some(dirty) = self.dirty(outpoint) {
             return Ok(dirty
-                .record
-                .as_deref()
-                .cloned()
+                .restored(outpoint)
                 .map(|record| (dirty.owner, dirty.category, record)));
         }
         self.store.get(outpoint)
@@ -492,10 +508,7 @@ impl CoinsCache {
             },
         )?;
         for (category, outpoint) in dirty_live {
-            if let Some(record) = self
-                .dirty(&outpoint)
-                .and_then(|d| d.record.as_deref().cloned())
-            {
+            if let Some(record) = self.dirty(&outpoint).and_then(|d| d.restored(&outpoint)) {
                 found.push((category, outpoint, record));
             }
         }
@@ -708,7 +721,10 @@ impl CoinsCache {
                 owner,
                 category,
                 fresh,
-                record: record.map(Box::new),
+                record: record.map(|mut record| {
+                    strip_record(&mut record);
+                    Box::new(record)
+                }),
             },
         );
     }

@@ -42,7 +42,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_TIP: &str = "tip";
 const META_REFERENCES: &str = "references";
 
-/// One UTXO change of a flush: the record at `outpoint` becomes `record` (None: removed).
+/// One UTXO change of a flush: the record at `outpoint` becomes the bytes at `record` in
+/// [`FlushBatch::records`] (None: removed).
 pub struct UtxoWrite {
     /// Outpoint.
     pub outpoint: OutPointKey,
@@ -50,8 +51,9 @@ pub struct UtxoWrite {
     pub owner: Address,
     /// Category byte.
     pub category: u8,
-    /// New stored record, or None to delete.
-    pub record: Option<StoredRecord>,
+    /// Where the new record's encoding (stripped, see [`strip_record`]) lies in
+    /// [`FlushBatch::records`], or None to delete.
+    pub record: Option<std::ops::Range<usize>>,
 }
 
 /// Everything one flush writes, in one transaction.
@@ -59,6 +61,9 @@ pub struct UtxoWrite {
 pub struct FlushBatch {
     /// UTXO records.
     pub utxos: Vec<UtxoWrite>,
+    /// The encoded records the writes point into, back to back (one allocation, not one
+    /// per record).
+    pub records: Vec<u8>,
     /// Expiry entries: present (true) or removed (false).
     pub expiry: Vec<((u64, OutPointKey), bool)>,
     /// Absolute balances (0 deletes).
@@ -105,8 +110,9 @@ impl Snapshot {
 /// Drops what the `utxos` key already holds from a record before it is written: the
 /// outpoint, the owner address, and the owner inside a cached output (always the record's
 /// owner: `new_utxo` copies it). About 80 of ~190 bytes, so the flush rewrites fewer pages
-/// and scans decode less. [`decode_record`] restores them.
-fn strip_record(record: &mut StoredRecord) {
+/// and scans decode less. [`restore_record`] puts them back. The coins cache keeps its dirty
+/// records in this form too, so a flush encodes them as they are.
+pub(crate) fn strip_record(record: &mut StoredRecord) {
     if let Some(utxo) = record.utxo.as_mut() {
         utxo.outpoint = None;
         if let Some(pb::utxo::ContentStrategy::CachedOutput(output)) = &mut utxo.content_strategy {
@@ -118,11 +124,16 @@ fn strip_record(record: &mut StoredRecord) {
     }
 }
 
-/// Decodes a record of the `utxos` table and restores what [`strip_record`] dropped (a
-/// valid record never has an empty owner or a missing outpoint, so absent means
-/// stripped; records written unstripped decode unchanged).
+/// Decodes a record of the `utxos` table and restores what [`strip_record`] dropped.
 fn decode_record(bytes: &[u8], owner: &Address, outpoint: &OutPointKey) -> Result<StoredRecord> {
     let mut record: StoredRecord = codec::decode(bytes)?;
+    restore_record(&mut record, owner, outpoint);
+    Ok(record)
+}
+
+/// Restores what [`strip_record`] dropped (a valid record never has an empty owner or a
+/// missing outpoint, so absent means stripped; an unstripped record stays unchanged).
+pub(crate) fn restore_record(record: &mut StoredRecord, owner: &Address, outpoint: &OutPointKey) {
     if let Some(utxo) = record.utxo.as_mut() {
         if utxo.outpoint.is_none() {
             utxo.outpoint = Some(outpoint.to_proto());
@@ -136,7 +147,6 @@ fn decode_record(bytes: &[u8], owner: &Address, outpoint: &OutPointKey) -> Resul
             }
         }
     }
-    Ok(record)
 }
 
 /// The redb-backed flushed state (see the module docs).
@@ -387,17 +397,13 @@ impl StoreWriter {
                 .collect();
             order.sort_unstable();
             let mut utxos = transaction.open_table(UTXOS)?;
-            let mut buffer = Vec::with_capacity(512);
             for (key, index) in &order {
-                let write = &mut batch.utxos[*index];
-                match &mut write.record {
-                    Some(record) => {
-                        strip_record(record);
-                        buffer.clear();
-                        record
-                            .encode(&mut buffer)
-                            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
-                        utxos.insert(&key[..], &buffer[..])?;
+                match &batch.utxos[*index].record {
+                    Some(range) => {
+                        let bytes = batch.records.get(range.clone()).ok_or_else(|| {
+                            StoreError::Corrupt("flush record out of range".to_string())
+                        })?;
+                        utxos.insert(&key[..], bytes)?;
                     }
                     None => {
                         utxos.remove(&key[..])?;
@@ -459,9 +465,6 @@ impl StoreWriter {
             meta.insert(META_TIP, &batch.meta.encode_to_vec()[..])?;
         }
         transaction.commit()?;
-        // Freeing a few hundred thousand decoded records takes a while; not on this thread.
-        let utxos = std::mem::take(&mut batch.utxos);
-        std::thread::spawn(move || drop(utxos));
         Ok(())
     }
 }

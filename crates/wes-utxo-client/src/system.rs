@@ -215,6 +215,7 @@ pub fn store_error(error: StoreError) -> SystemError {
         StoreError::BlockNotFound(_)
         | StoreError::Corrupt(_)
         | StoreError::Io(_)
+        | StoreError::OldFormat { .. }
         | StoreError::Database(_) => SystemError::Unavailable(error.to_string()),
     }
 }
