@@ -235,6 +235,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
+    let n_transfer_blocks: usize = env_or("WES_BENCH_TRANSFER_BLOCKS", N_TRANSFER_BLOCKS);
     let n_chained_blocks: usize = env_or("WES_BENCH_CHAINED_BLOCKS", N_TRANSFER_BLOCKS);
     let config = StoreConfig {
         // WES_BENCH_FLUSH_BLOCKS / WES_BENCH_FLUSH_DIRTY override (the library defaults are
@@ -326,7 +327,7 @@ fn main() {
     let mut owner_index = 0usize;
     let mut sign_time = Duration::ZERO;
     let mut last_block = None;
-    for _ in 0..N_TRANSFER_BLOCKS {
+    for _ in 0..n_transfer_blocks {
         let tip = store.tip().unwrap();
         let (height, timestamp) = (tip.height + 1, tip.timestamp + gen::BLOCK_INTERVAL_SECONDS);
         let sign_started = Instant::now();
@@ -361,7 +362,7 @@ fn main() {
     }
     timer.flush(&mut store);
     println!(
-        "transfers: {N_TRANSFER_BLOCKS} blocks x {TXS_PER_BLOCK} txs (built+signed in {sign_time:?})"
+        "transfers: {n_transfer_blocks} blocks x {TXS_PER_BLOCK} txs (built+signed in {sign_time:?})"
     );
     timer.print("transfers");
 

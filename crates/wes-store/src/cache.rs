@@ -771,8 +771,28 @@ impl CoinsCache {
         Ok(())
     }
 
-    fn remove_stored(&mut self, outpoint: &OutPointKey) -> Result<Option<StoredRecord>> {
-        let Some((owner, category, record)) = self.raw(outpoint)? else {
+    /// Removes the record at `outpoint`. `validated` is the UTXO block validation read there
+    /// from this same state, if any: an ASSET record is stored as it is handed out (always
+    /// hot, never materialized), so that copy is the stored record and the store is not
+    /// read a second time.
+    fn remove_stored(
+        &mut self,
+        outpoint: &OutPointKey,
+        validated: Option<pb::Utxo>,
+    ) -> Result<Option<StoredRecord>> {
+        let found = match validated.filter(|utxo| utxo.category == pb::UtxoCategory::Asset as i32) {
+            Some(utxo) => Some((
+                owner_of(&utxo)?,
+                category_byte(utxo.category)?,
+                StoredRecord {
+                    utxo: Some(utxo),
+                    cold_height: None,
+                    cold_tx_index: 0,
+                },
+            )),
+            None => self.raw(outpoint)?,
+        };
+        let Some((owner, category, record)) = found else {
             return Ok(None);
         };
         let utxo = stored_utxo(&record)?;
@@ -863,9 +883,9 @@ impl CoinsCache {
         // 3. Transactions in order.
         let mut created_here = HashSet::new();
         for (tx_index, tx) in effects.transactions.into_iter().enumerate() {
-            for consumed in &tx.consumed {
-                let outpoint = codec::record_outpoint(consumed)?;
-                let Some(record) = self.remove_stored(&outpoint)? else {
+            for consumed in tx.consumed {
+                let outpoint = codec::record_outpoint(&consumed)?;
+                let Some(record) = self.remove_stored(&outpoint, Some(consumed))? else {
                     continue;
                 };
                 let total = self.references.forget(&outpoint);
@@ -953,7 +973,7 @@ impl CoinsCache {
         let mut created = HashSet::new();
         for bytes in &undo.created {
             let outpoint = codec::outpoint_from(bytes)?;
-            self.remove_stored(&outpoint)?;
+            self.remove_stored(&outpoint, None)?;
             self.references.forget(&outpoint);
             created.insert(outpoint);
         }
