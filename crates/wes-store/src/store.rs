@@ -21,7 +21,7 @@ use std::sync::Arc;
 use prost::Message;
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
-    TableDefinition,
+    TableDefinition, WriteTransaction,
 };
 use wes_utxo::model::{Address, AssetId, OutPointKey, ADDRESS_LEN};
 use wes_utxo::pb;
@@ -359,58 +359,96 @@ impl UtxoStore {
     }
 }
 
+/// Writes the `outpoints` index part of a flush, in key order (sorted writes touch each B-tree
+/// page once).
+fn write_index(transaction: &WriteTransaction, writes: &[UtxoWrite]) -> Result<()> {
+    let mut entries: Vec<(
+        [u8; OutPointKey::ENCODED_LEN],
+        Option<[u8; ADDRESS_LEN + 1]>,
+    )> = writes
+        .iter()
+        .map(|write| {
+            let value = write.record.as_ref().map(|_| {
+                let mut value = [0u8; ADDRESS_LEN + 1];
+                value[..ADDRESS_LEN].copy_from_slice(&write.owner.0);
+                value[ADDRESS_LEN] = write.category;
+                value
+            });
+            (write.outpoint.to_bytes(), value)
+        })
+        .collect();
+    entries.sort_unstable_by_key(|(key, _)| *key);
+    let mut outpoints = transaction.open_table(OUTPOINTS)?;
+    for (key, value) in &entries {
+        match value {
+            Some(value) => {
+                outpoints.insert(&key[..], &value[..])?;
+            }
+            None => {
+                outpoints.remove(&key[..])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the `utxos` table part of a flush, in key order.
+fn write_records(transaction: &WriteTransaction, batch: &FlushBatch) -> Result<()> {
+    // Keys computed once (not per comparison), then sorted.
+    let mut order: Vec<([u8; OWNER_KEY_LEN], usize)> = batch
+        .utxos
+        .iter()
+        .enumerate()
+        .map(|(index, write)| {
+            (
+                owner_key(&write.owner, write.category, &write.outpoint),
+                index,
+            )
+        })
+        .collect();
+    order.sort_unstable();
+    let mut utxos = transaction.open_table(UTXOS)?;
+    for (key, index) in &order {
+        match &batch.utxos[*index].record {
+            Some(range) => {
+                let bytes = batch
+                    .records
+                    .get(range.clone())
+                    .ok_or_else(|| StoreError::Corrupt("flush record out of range".to_string()))?;
+                utxos.insert(&key[..], bytes)?;
+            }
+            None => {
+                utxos.remove(&key[..])?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl StoreWriter {
     /// Writes a flush in one durable transaction (the store's snapshot is not renewed).
-    pub fn write(&self, mut batch: FlushBatch) -> Result<()> {
+    pub fn write(&self, batch: FlushBatch) -> Result<()> {
         let mut transaction = self.db.begin_write()?;
         transaction.set_durability(Durability::Immediate)?;
         {
-            // Sorted writes touch each B-tree page once.
-            batch.utxos.sort_unstable_by_key(|write| write.outpoint);
-            let mut outpoints = transaction.open_table(OUTPOINTS)?;
-            for write in &batch.utxos {
-                let key = write.outpoint.to_bytes();
-                match &write.record {
-                    Some(_) => {
-                        let mut value = [0u8; ADDRESS_LEN + 1];
-                        value[..ADDRESS_LEN].copy_from_slice(&write.owner.0);
-                        value[ADDRESS_LEN] = write.category;
-                        outpoints.insert(&key[..], &value[..])?;
-                    }
-                    None => {
-                        outpoints.remove(&key[..])?;
-                    }
-                }
-            }
-            drop(outpoints);
-            // Keys computed once (not per comparison), then sorted.
-            let mut order: Vec<([u8; OWNER_KEY_LEN], usize)> = batch
-                .utxos
-                .iter()
-                .enumerate()
-                .map(|(index, write)| {
-                    (
-                        owner_key(&write.owner, write.category, &write.outpoint),
-                        index,
-                    )
-                })
-                .collect();
-            order.sort_unstable();
-            let mut utxos = transaction.open_table(UTXOS)?;
-            for (key, index) in &order {
-                match &batch.utxos[*index].record {
-                    Some(range) => {
-                        let bytes = batch.records.get(range.clone()).ok_or_else(|| {
-                            StoreError::Corrupt("flush record out of range".to_string())
-                        })?;
-                        utxos.insert(&key[..], bytes)?;
-                    }
-                    None => {
-                        utxos.remove(&key[..])?;
-                    }
-                }
-            }
-            drop(utxos);
+            // The point-lookup index and the record table are written at the same time, the
+            // index on a second thread: redb lets the tables of one write transaction be
+            // written concurrently, and the closing flush of a run has a core to spare.
+            let transaction = &transaction;
+            let batch = &batch;
+            std::thread::scope(|scope| -> Result<()> {
+                let index = std::thread::Builder::new()
+                    .name("wes-flush-index".to_string())
+                    .spawn_scoped(scope, move || write_index(transaction, &batch.utxos))
+                    .map_err(|error| {
+                        StoreError::Corrupt(format!("cannot start the index writer: {error}"))
+                    })?;
+                let records = write_records(transaction, batch);
+                let index = index
+                    .join()
+                    .unwrap_or_else(|_| Err(StoreError::Corrupt("index writer panicked".into())));
+                records.and(index)
+            })?;
             let mut expiry = transaction.open_table(EXPIRY)?;
             for ((expires_at, outpoint), present) in &batch.expiry {
                 let key = expiry_key(*expires_at, outpoint);
