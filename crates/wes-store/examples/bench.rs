@@ -15,7 +15,8 @@
 //! (validation included).
 //!
 //! Run: `cargo run --release -p wes-store --example bench`
-//! (`WES_BENCH_CHAINED_BLOCKS=60 WES_BENCH_FLUSH_BLOCKS=10` for a longer chained phase
+//! (phases of 40 blocks by default; `WES_BENCH_TRANSFER_BLOCKS` and `WES_BENCH_CHAINED_BLOCKS`
+//! change that, and `WES_BENCH_CHAINED_BLOCKS=60 WES_BENCH_FLUSH_BLOCKS=10` gives a chained phase
 //! with a flush every 10 blocks.)
 #![allow(clippy::unwrap_used)]
 
@@ -35,7 +36,9 @@ const N_OWNERS: usize = 100_000;
 const N_UTXOS: usize = 1_000_000;
 const FAN_OUT: usize = 256;
 const TXS_PER_BLOCK: usize = 2_000;
-const N_TRANSFER_BLOCKS: usize = 10;
+/// Transfer and chained phases: long enough that the closing flush, waited for in full, is not
+/// most of the phase (at 10 blocks it was half or more).
+const N_TRANSFER_BLOCKS: usize = 40;
 const N_QUERIES: usize = 200_000;
 
 /// Time split of a phase: validation; log append + apply into the cache including every
