@@ -1187,26 +1187,8 @@ impl CoinsCache {
         self.flush_totals.records += frozen.utxos.len() as u64;
         self.flush_totals.time += took;
         // The written values are now the flushed store's: keep them for later reads.
-        if self.clean_balances.len() + frozen.balances.len() > self.clean_limit {
-            self.clean_balances.clear();
-        }
-        if self.clean_nonces.len() + frozen.nonces.len() > self.clean_limit {
-            self.clean_nonces.clear();
-        }
-        self.clean_balances.extend(
-            frozen
-                .balances
-                .iter()
-                .map(|(k, v)| (*k, *v))
-                .take(self.clean_limit),
-        );
-        self.clean_nonces.extend(
-            frozen
-                .nonces
-                .iter()
-                .map(|(k, v)| (*k, *v))
-                .take(self.clean_limit),
-        );
+        keep_clean(&mut self.clean_balances, &frozen.balances, self.clean_limit);
+        keep_clean(&mut self.clean_nonces, &frozen.nonces, self.clean_limit);
         // Freeing a few hundred thousand records takes a while; not on this thread.
         std::thread::spawn(move || drop(frozen));
         Ok(())
@@ -1221,6 +1203,21 @@ impl Drop for CoinsCache {
             tracing::warn!(%error, "background flush failed while closing the store");
         }
     }
+}
+
+/// Adds a flush's written values to a clean cache, emptied first when they would take it over
+/// `limit` (the cache is a bound, not an LRU).
+fn keep_clean<'a, K, V, W>(clean: &mut HashMap<K, V>, written: W, limit: usize)
+where
+    K: Copy + Eq + std::hash::Hash + 'a,
+    V: Copy + 'a,
+    W: IntoIterator<Item = (&'a K, &'a V)> + Copy,
+    W::IntoIter: ExactSizeIterator,
+{
+    if clean.len() + written.into_iter().len() > limit {
+        clean.clear();
+    }
+    clean.extend(written.into_iter().map(|(k, v)| (*k, *v)).take(limit));
 }
 
 fn state_error(error: AdmissionError) -> StoreError {
