@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy_network::Ethereum;
-use alloy_primitives::{Address, Bytes, U256};
+use alloy_primitives::{Address, Bytes, B256, U256};
 use alloy_provider::{Provider, RootProvider};
 use nonce_manager::alloy_chain::AlloyChainClient;
-use nonce_manager::chain::ChainClient;
+use nonce_manager::chain::{ChainClient, ReceiptSummary};
 use nonce_manager::finality::{Finality, FinalityConfig, FinalityView};
 use nonce_manager::policy::{PolicyConfig, PolicyLoop, Resubmitted};
 use nonce_manager::submit::SubmitRequest;
@@ -38,7 +38,7 @@ on_both_backends!(
 );
 
 const GWEI: u128 = 1_000_000_000;
-const WAIT: Duration = Duration::from_secs(15);
+const WAIT: Duration = Duration::from_secs(30);
 
 struct Harness {
     stack: Stack,
@@ -132,6 +132,22 @@ impl Harness {
             .unwrap_or_else(|error| panic!("{method}: {error}"))
     }
 
+    /// Polls until the node returns a receipt for `hash`: a node under load may answer
+    /// the submit before the automined block is readable.
+    async fn receipt_eventually(&self, hash: B256, what: &str) -> ReceiptSummary {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(receipt) = self.chain.receipt(hash).await.unwrap() {
+                return receipt;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: receipt of {hash}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Waits until `id` has `status`, calling `evm_mine` every `mine_every` when given.
     async fn wait_status(&self, id: &str, status: TxStatus, mine_every: Option<Duration>) {
         let deadline = Instant::now() + WAIT;
@@ -189,7 +205,7 @@ async fn reorg_case(test: &str, drop: bool, backend: Backend) {
 
     let record = h.submit("reorged", 10 * GWEI, GWEI).await;
     let hash = record.attempts[0].hash;
-    let first = h.chain.receipt(hash).await.unwrap().expect("automined");
+    let first = h.receipt_eventually(hash, "the automined block").await;
     h.rpc("anvil_mine", json!([1])).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -225,7 +241,9 @@ async fn reorg_case(test: &str, drop: bool, backend: Backend) {
         Some(Duration::from_millis(300)),
     )
     .await;
-    let second = h.chain.receipt(hash).await.unwrap().expect("mined again");
+    let second = h
+        .receipt_eventually(hash, "the block that mined it again")
+        .await;
     assert_ne!(second.block_hash, first.block_hash);
     if drop {
         assert!(
@@ -436,11 +454,8 @@ async fn anvil_reorg_while_down_is_found_after_restart(backend: Backend) {
     let finality = h.finality(3);
     let record = h.submit("restarted", 10 * GWEI, GWEI).await;
     let first = h
-        .chain
-        .receipt(record.attempts[0].hash)
-        .await
-        .unwrap()
-        .expect("automined");
+        .receipt_eventually(record.attempts[0].hash, "the automined block")
+        .await;
     h.rpc("anvil_mine", json!([2])).await;
     h.wait_status("restarted", TxStatus::Confirmed, None).await;
     let stored = h
@@ -488,11 +503,8 @@ async fn anvil_reorg_while_down_is_found_after_restart(backend: Backend) {
     )
     .await;
     let second = h
-        .chain
-        .receipt(first.hash)
-        .await
-        .unwrap()
-        .expect("mined again");
+        .receipt_eventually(first.hash, "the block that mined it again")
+        .await;
     assert_ne!(second.block_hash, first.block_hash);
     assert!(
         stats.rebroadcasts.load(Ordering::SeqCst) >= 1,
