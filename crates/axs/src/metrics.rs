@@ -34,3 +34,29 @@ pub const CACHE_STALE_WRITES: &str = "axs_cache_stale_writes_total";
 pub const SUBMIT_TO_APPLIED_SECONDS: &str = "axs_submit_to_applied_seconds";
 /// Counter: records on the ledger topic that are not ledger events (skipped).
 pub const MALFORMED_EVENTS: &str = "axs_malformed_events_total";
+
+/// Installs the Prometheus recorder for an AXS role and serves `/metrics` on `listen`, with
+/// latency buckets fit for the alert rules in deploy/axs/.
+pub fn install(listen: std::net::SocketAddr) -> Result<(), String> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let latency = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let sizes = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0];
+    let mut builder = PrometheusBuilder::new().with_http_listener(listen);
+    for name in [
+        SUBMIT_SECONDS,
+        PUBLISH_SECONDS,
+        APPLY_SECONDS,
+        SUBMIT_TO_APPLIED_SECONDS,
+    ] {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.to_owned()), &latency)
+            .map_err(|error| error.to_string())?;
+    }
+    builder
+        .set_buckets_for_metric(Matcher::Full(BATCH_CHANGES.to_owned()), &sizes)
+        .map_err(|error| error.to_string())?
+        .install()
+        .map_err(|error| error.to_string())
+}

@@ -21,12 +21,17 @@ async fn changes_flow_from_submit_to_applied_balances_history_and_stream() {
     for (i, name) in ["alice", "bob", "carol"].iter().enumerate() {
         stack.open(name, i as u32, 0).await;
     }
-    let mut batch = vec![change("fund-a", "alice", 1_000), change("fund-b", "bob", 500)];
+    let mut batch = vec![
+        change("fund-a", "alice", 1_000),
+        change("fund-b", "bob", 500),
+    ];
     batch.extend((0..50).map(|i| change(&format!("a-{i}"), "alice", -10)));
     batch.push(change("too-much", "bob", -501));
     let results = stack.submit(batch.clone()).await.unwrap();
     assert_eq!(results.len(), 53);
-    assert!(results.iter().all(|r| r.status == pb::ChangeStatus::Init as i32 && !r.duplicate));
+    assert!(results
+        .iter()
+        .all(|r| r.status == pb::ChangeStatus::Init as i32 && !r.duplicate));
 
     let all: Vec<String> = batch.iter().map(|c| c.idempotency_key.clone()).collect();
     stack.wait_decided(&all).await;
@@ -118,7 +123,10 @@ async fn changes_flow_from_submit_to_applied_balances_history_and_stream() {
         .await
         .unwrap()
         .into_inner();
-    assert!(resumed.message().await.unwrap().is_none(), "nothing after the last cursor");
+    assert!(
+        resumed.message().await.unwrap().is_none(),
+        "nothing after the last cursor"
+    );
 
     let audit = audit(&stack.sqlite).await;
     assert_eq!((audit.applied, audit.rejected), (52, 1));
@@ -141,7 +149,10 @@ async fn same_key_same_payload_answers_again_and_a_different_payload_is_refused(
     assert_eq!(error.code(), Code::AlreadyExists, "{error:?}");
     assert!(error.message().contains("amount"), "{}", error.message());
     let details = error.get_error_details();
-    assert_eq!(details.bad_request().unwrap().field_violations[0].field, "amount");
+    assert_eq!(
+        details.bad_request().unwrap().field_violations[0].field,
+        "amount"
+    );
     // Nothing of the refused request was written: k2 does not exist.
     assert!(stack.store.change("k2").await.unwrap().is_none());
 
@@ -168,7 +179,10 @@ async fn same_key_same_payload_answers_again_and_a_different_payload_is_refused(
     assert_eq!(fresh, 1, "exactly one submit created the row");
     stack.wait_decided(&["k1".into(), "race".into()]).await;
     // Re-submitting after it was applied answers with the applied status, not a new change.
-    let late = stack.submit(vec![change("race", "alice", 5)]).await.unwrap();
+    let late = stack
+        .submit(vec![change("race", "alice", 5)])
+        .await
+        .unwrap();
     assert!(late[0].duplicate);
     assert_eq!(late[0].status, pb::ChangeStatus::Applied as i32);
     assert_eq!(stack.balance("alice").await.balance, "12");
@@ -184,7 +198,11 @@ async fn bad_input_is_refused_per_change_and_nothing_is_written() {
     bad_meta.metadata = "{not json".into();
     let cases: Vec<(Vec<pb::BalanceChange>, Code, &str)> = vec![
         (vec![], Code::InvalidArgument, "changes"),
-        (vec![change("z", "alice", 0)], Code::InvalidArgument, "changes[0].amount"),
+        (
+            vec![change("z", "alice", 0)],
+            Code::InvalidArgument,
+            "changes[0].amount",
+        ),
         (
             vec![pb::BalanceChange {
                 amount: "999999999999999999999999999999999999999999".into(),
@@ -198,8 +216,16 @@ async fn bad_input_is_refused_per_change_and_nothing_is_written() {
             Code::InvalidArgument,
             "changes[1].idempotency_key",
         ),
-        (vec![change("ok", "alice", 1), bad_meta], Code::InvalidArgument, "changes[1].metadata"),
-        (vec![change("u", "nobody", 1)], Code::InvalidArgument, "changes[0].account"),
+        (
+            vec![change("ok", "alice", 1), bad_meta],
+            Code::InvalidArgument,
+            "changes[1].metadata",
+        ),
+        (
+            vec![change("u", "nobody", 1)],
+            Code::InvalidArgument,
+            "changes[0].account",
+        ),
         (
             vec![pb::BalanceChange {
                 asset: "EUR".into(),
@@ -214,7 +240,9 @@ async fn bad_input_is_refused_per_change_and_nothing_is_written() {
             "changes[0].pending_key",
         ),
         (
-            (0..1001).map(|i| change(&format!("big-{i}"), "alice", 1)).collect(),
+            (0..1001)
+                .map(|i| change(&format!("big-{i}"), "alice", 1))
+                .collect(),
             Code::InvalidArgument,
             "changes",
         ),
@@ -239,9 +267,16 @@ async fn bad_input_is_refused_per_change_and_nothing_is_written() {
                 .map(|v| v.field.clone())
                 .collect(),
         };
-        assert!(fields.iter().any(|f| f == field), "{field} not in {fields:?}");
+        assert!(
+            fields.iter().any(|f| f == field),
+            "{field} not in {fields:?}"
+        );
     }
-    assert_eq!(stack.store.outbox_backlog().await.unwrap(), 0, "nothing was written");
+    assert_eq!(
+        stack.store.outbox_backlog().await.unwrap(),
+        0,
+        "nothing was written"
+    );
     assert!(stack.store.change("ok").await.unwrap().is_none());
 
     // A frozen account refuses new changes at submit.
@@ -252,7 +287,10 @@ async fn bad_input_is_refused_per_change_and_nothing_is_written() {
         })
         .await
         .unwrap();
-    let error = stack.submit(vec![change("f", "alice", 1)]).await.unwrap_err();
+    let error = stack
+        .submit(vec![change("f", "alice", 1)])
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Code::FailedPrecondition);
     stack.shutdown().await;
 }
@@ -261,31 +299,51 @@ async fn bad_input_is_refused_per_change_and_nothing_is_written() {
 async fn holds_reserve_post_partly_void_and_time_out_against_concurrent_spending() {
     let mut stack = Stack::start(2, 1).await;
     stack.open("alice", 1, 0).await;
-    stack.submit(vec![change("fund", "alice", 100)]).await.unwrap();
     stack
-        .submit(vec![hold("h1", "alice", -60, 0), hold("h2", "alice", -30, 300)])
+        .submit(vec![change("fund", "alice", 100)])
+        .await
+        .unwrap();
+    stack
+        .submit(vec![
+            hold("h1", "alice", -60, 0),
+            hold("h2", "alice", -30, 300),
+        ])
         .await
         .unwrap();
     // 10 available: of these spends only the first fits.
-    let spends: Vec<_> = (0..5).map(|i| change(&format!("s{i}"), "alice", -10)).collect();
+    let spends: Vec<_> = (0..5)
+        .map(|i| change(&format!("s{i}"), "alice", -10))
+        .collect();
     stack.submit(spends).await.unwrap();
     let mut all = vec!["fund".to_owned(), "h1".into(), "h2".into()];
     all.extend(keys("s", 5).iter().map(|k| k.replace("s-", "s")));
     stack.wait_decided(&all).await;
     let balance = stack.balance("alice").await;
-    assert_eq!((balance.balance.as_str(), balance.available.as_str()), ("90", "0"));
+    assert_eq!(
+        (balance.balance.as_str(), balance.available.as_str()),
+        ("90", "0")
+    );
 
     // Post 40 of h1's 60 (20 goes back); h2 times out by itself after 300 ms.
-    stack.submit(vec![settle("p1", "alice", "h1", Some(-40))]).await.unwrap();
+    stack
+        .submit(vec![settle("p1", "alice", "h1", Some(-40))])
+        .await
+        .unwrap();
     stack.wait_decided(&["p1".into()]).await;
     let deadline = std::time::Instant::now() + common::WAIT;
     loop {
         let balance = stack.balance("alice").await;
         if balance.pending_debit == "0" {
-            assert_eq!((balance.balance.as_str(), balance.available.as_str()), ("50", "50"));
+            assert_eq!(
+                (balance.balance.as_str(), balance.available.as_str()),
+                ("50", "50")
+            );
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "h2 never timed out: {balance:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "h2 never timed out: {balance:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Both holds are settled now: a second post or a void finds no active hold.
@@ -302,8 +360,14 @@ async fn holds_reserve_post_partly_void_and_time_out_against_concurrent_spending
         assert_eq!(record.status, ChangeStatus::Rejected);
         assert_eq!(record.reason, "hold_not_active");
     }
-    stack.submit(vec![hold("h3", "alice", -50, 0)]).await.unwrap();
-    stack.submit(vec![settle("v3", "alice", "h3", None)]).await.unwrap();
+    stack
+        .submit(vec![hold("h3", "alice", -50, 0)])
+        .await
+        .unwrap();
+    stack
+        .submit(vec![settle("v3", "alice", "h3", None)])
+        .await
+        .unwrap();
     stack.wait_decided(&["h3".into(), "v3".into()]).await;
     assert_eq!(stack.balance("alice").await.available, "50");
     audit(&stack.sqlite).await;

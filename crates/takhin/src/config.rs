@@ -77,11 +77,28 @@ pub struct BrokerArgs {
     pub exit_on_stdin_eof: bool,
 }
 
+/// `takhin dev` takes every listener's flag, so two can run side by side (port 0 picks a
+/// free port; the addresses are printed).
 #[derive(Args)]
 pub struct DevArgs {
     /// Data directory [default: the user's data directory + /takhin].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Kafka protocol listener [default: 127.0.0.1:9092].
+    #[arg(long)]
+    pub kafka_listen: Option<SocketAddr>,
+    /// Broker /metrics listener (every service's metrics) [default: 127.0.0.1:9644].
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// WES UTXO gRPC listener.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub utxo_listen: SocketAddr,
+    /// AXS ledger gRPC listener.
+    #[arg(long, default_value = "127.0.0.1:50071")]
+    pub axs_listen: SocketAddr,
+    /// Exit when standard input closes (for test harnesses).
+    #[arg(long)]
+    pub exit_on_stdin_eof: bool,
 }
 
 /// The names of BrokerConfig's fields, so TAKHIN_* variables that are not
@@ -131,6 +148,8 @@ pub fn dev_config(args: &DevArgs) -> anyhow::Result<BrokerConfig> {
     let data_dir = dev_data_dir(args)?;
     broker_config(&BrokerArgs {
         data_dir: Some(data_dir.join("broker")),
+        kafka_listen: args.kafka_listen,
+        metrics_listen: args.metrics_listen,
         ..BrokerArgs::default()
     })
 }

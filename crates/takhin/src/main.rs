@@ -1,6 +1,7 @@
 //! The `takhin` binary: parses the command line and config, starts tracing and
 //! hands over to the libraries. No logic of its own beyond that.
 
+mod axs_cli;
 mod config;
 mod nonce;
 mod utxo;
@@ -38,6 +39,9 @@ enum Command {
     /// Generate, import and query a WES extended-UTXO chain store.
     #[command(subcommand)]
     Utxo(utxo::UtxoCommand),
+    /// Run an AXS ledger role: the gRPC write side or a consumer.
+    #[command(subcommand)]
+    Axs(axs_cli::AxsCommand),
     /// Run a nonce-manager node (gRPC; several nodes share one store).
     #[command(subcommand)]
     Nonce(nonce::NonceCommand),
@@ -78,19 +82,50 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Produce(args)) => takhin_bench::produce(&args),
         #[cfg(feature = "bench")]
         Command::Bench(BenchCommand::Consume(args)) => takhin_bench::consume(&args),
-        Command::Dev(args) => {
-            let config = config::dev_config(&args)?;
-            let utxo_dir = config::dev_data_dir(&args)?.join("utxo");
-            runtime.block_on(async {
-                let utxo = utxo::start_dev(utxo_dir).await?;
-                let result = run_broker(config, false, "dev").await;
-                utxo.shutdown().await.context("stopping the utxo server")?;
-                result
-            })
-        }
+        Command::Dev(args) => runtime.block_on(dev(args)),
+        Command::Axs(command) => axs_cli::run(command, &runtime),
         Command::Utxo(command) => utxo::run(command, &runtime),
         Command::Nonce(command) => nonce::run(command, &runtime),
     }
+}
+
+/// `takhin dev`: the broker, the UTXO service and both AXS roles in one process, on
+/// embedded defaults (SQLite, the in-process cache, the built-in broker).
+async fn dev(args: config::DevArgs) -> anyhow::Result<()> {
+    let root = config::dev_data_dir(&args)?;
+    let broker = start_broker(config::dev_config(&args)?, "dev").await?;
+    let utxo = utxo::start_dev(root.join("utxo"), args.utxo_listen).await?;
+    let axs_args = axs_cli::AxsArgs {
+        listen: Some(args.axs_listen),
+        kafka_bootstrap: Some(broker.kafka_addr.to_string()),
+        ..axs_cli::AxsArgs::default()
+    };
+    let axs_config = axs_cli::axs_config(&axs_args, Some(&root))?;
+    let cache: std::sync::Arc<dyn axs::cache::BalanceCache> =
+        std::sync::Arc::new(axs::cache::MemoryCache::default());
+    let ledger = axs_cli::start(&axs_config, axs_cli::Role::Grpc, cache.clone()).await?;
+    let consumer_config = axs::AxsConfig {
+        node_id: format!("{}-consumer", axs_config.node_id),
+        ..axs_config.clone()
+    };
+    let consumer = axs_cli::start(&consumer_config, axs_cli::Role::Consumer, cache).await?;
+    println!(
+        "  axs: {} (axs.v1.Ledger, reflection on) database={}",
+        ledger.describe(),
+        axs_config.database
+    );
+    println!(
+        "  try: kcat -b {} -L    grpcurl -plaintext {} list    (Ctrl-C stops; data is kept)",
+        broker.kafka_addr,
+        ledger.grpc_addr().unwrap_or(args.axs_listen)
+    );
+    wait_for_stop(args.exit_on_stdin_eof).await;
+    tracing::info!("shutting down");
+    consumer.shutdown().await;
+    ledger.shutdown().await;
+    utxo.shutdown().await.context("stopping the utxo server")?;
+    broker.shutdown().await;
+    Ok(())
 }
 
 async fn run_broker(
@@ -98,6 +133,17 @@ async fn run_broker(
     exit_on_stdin_eof: bool,
     mode: &str,
 ) -> anyhow::Result<()> {
+    let running = start_broker(config, mode).await?;
+    wait_for_stop(exit_on_stdin_eof).await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn start_broker(
+    config: takhin_broker::BrokerConfig,
+    mode: &str,
+) -> anyhow::Result<takhin_broker::RunningBroker> {
     let data_dir = config.data_dir.clone();
     let running = takhin_broker::run(config)
         .await
@@ -110,16 +156,7 @@ async fn run_broker(
             .map_or("off".to_owned(), |addr| format!("http://{addr}/metrics")),
         data_dir.display(),
     );
-    if mode == "dev" {
-        println!(
-            "  try: kcat -b {} -L    (Ctrl-C stops; data is kept)",
-            running.kafka_addr
-        );
-    }
-    wait_for_stop(exit_on_stdin_eof).await;
-    tracing::info!("shutting down");
-    running.shutdown().await;
-    Ok(())
+    Ok(running)
 }
 
 /// Resolves on Ctrl-C, SIGTERM, or (when asked) end of stdin, which lets a test

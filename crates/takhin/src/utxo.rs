@@ -361,8 +361,11 @@ async fn bench_query(args: BenchQueryArgs) -> anyhow::Result<()> {
 
 /// Starts the utxo server of `takhin dev` (data in `dir`, gRPC on the default port, metrics
 /// through the broker's recorder) and prints its line of the banner.
-pub async fn start_dev(dir: PathBuf) -> anyhow::Result<wes_server::Running> {
-    let config = ServerConfig::new(dir.clone(), "127.0.0.1:50051".parse()?);
+pub async fn start_dev(
+    dir: PathBuf,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<wes_server::Running> {
+    let config = ServerConfig::new(dir.clone(), listen);
     let running = wes_server::serve(config)
         .await
         .with_context(|| format!("starting the utxo server on {}", dir.display()))?;

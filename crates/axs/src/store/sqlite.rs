@@ -837,3 +837,127 @@ fn hold_from_row(row: &SqliteRow) -> Result<Hold, StoreError> {
         expires_at_ms: row.try_get("expires_at_ms")?,
     })
 }
+
+/// What [`SqliteLedgerStore::audit`] found.
+#[derive(Debug, Default)]
+pub struct Audit {
+    pub balances: usize,
+    pub applied: usize,
+    pub rejected: usize,
+    pub undecided: usize,
+    /// Each broken invariant, described; empty when the ledger is sound.
+    pub violations: Vec<String>,
+}
+
+impl SqliteLedgerStore {
+    /// Checks the ledger's invariants straight from its tables:
+    /// - every balance equals the sum of its history's deltas, its version their count,
+    ///   and each entry's `balance_after` the running sum;
+    /// - replaying each history never takes the available balance below the overdraft
+    ///   limit on a debit;
+    /// - every applied change appears exactly once in history (a hold's expiry is a second
+    ///   entry under the hold's key), a rejected or undecided one never.
+    pub async fn audit(&self) -> Result<Audit, StoreError> {
+        let mut audit = Audit::default();
+        let mut limits: HashMap<(String, String), Amount> = HashMap::new();
+        for row in sqlx::query("SELECT * FROM axs_accounts")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let account = account_from_row(&row)?;
+            for (asset, limit) in &account.assets {
+                limits.insert((account.name.clone(), asset.clone()), *limit);
+            }
+        }
+        let kinds: HashMap<String, (ChangeStatus, ChangeKind)> =
+            sqlx::query("SELECT key, status, kind FROM axs_changes")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    let status = ChangeStatus::from_code(row.try_get("status")?)
+                        .ok_or_else(|| StoreError::Corrupt("status".into()))?;
+                    let kind = ChangeKind::from_code(row.try_get("kind")?)
+                        .ok_or_else(|| StoreError::Corrupt("kind".into()))?;
+                    Ok((row.try_get("key")?, (status, kind)))
+                })
+                .collect::<Result<_, StoreError>>()?;
+        // (balance, pending_debit, entries) per (account, asset), replayed in version order.
+        let mut sums: HashMap<(String, String), (Amount, Amount, u64)> = HashMap::new();
+        let mut per_key: HashMap<String, usize> = HashMap::new();
+        let history = sqlx::query("SELECT * FROM axs_history ORDER BY account, asset, version")
+            .fetch_all(&self.pool)
+            .await?;
+        for row in &history {
+            let entry = history_from_row(row)?;
+            let key = (entry.account.clone(), entry.asset.clone());
+            let sum = sums.entry(key.clone()).or_default();
+            let before = sum.0 - sum.1;
+            sum.0 += entry.balance_delta;
+            sum.1 += entry.pending_debit_delta;
+            sum.2 += 1;
+            if sum.0 != entry.balance_after {
+                audit.violations.push(format!(
+                    "{key:?} v{}: balance_after {} but the deltas sum to {}",
+                    entry.version, entry.balance_after, sum.0
+                ));
+            }
+            if sum.2 != entry.version {
+                audit.violations.push(format!(
+                    "{key:?}: entry {} has version {}",
+                    sum.2, entry.version
+                ));
+            }
+            let available = sum.0 - sum.1;
+            let limit = limits.get(&key).copied().unwrap_or(0);
+            if available < before && available < -limit {
+                audit.violations.push(format!(
+                    "{key:?} v{}: available {available} is below the overdraft limit -{limit}",
+                    entry.version
+                ));
+            }
+            let expiry = entry.kind == ChangeKind::VoidPending
+                && kinds.get(&entry.key).map(|k| k.1) == Some(ChangeKind::Pending);
+            if !expiry {
+                *per_key.entry(entry.key).or_default() += 1;
+            }
+        }
+        let balances = sqlx::query("SELECT * FROM axs_balances")
+            .fetch_all(&self.pool)
+            .await?;
+        audit.balances = balances.len();
+        for row in &balances {
+            let key: (String, String) = (row.try_get("account")?, row.try_get("asset")?);
+            let state = balance_from_row(row)?;
+            let (sum, pending, count) = sums.get(&key).copied().unwrap_or_default();
+            if state.balance != sum || state.version != count || state.pending_debit != pending {
+                audit.violations.push(format!(
+                    "{key:?}: row {state:?} but history gives balance {sum}, pending debit {pending}, {count} entries"
+                ));
+            }
+        }
+        for (key, (status, _)) in &kinds {
+            let seen = per_key.get(key).copied().unwrap_or(0);
+            let expected = match status {
+                ChangeStatus::Applied => {
+                    audit.applied += 1;
+                    1
+                }
+                ChangeStatus::Rejected => {
+                    audit.rejected += 1;
+                    0
+                }
+                ChangeStatus::Init | ChangeStatus::Published => {
+                    audit.undecided += 1;
+                    0
+                }
+            };
+            if seen != expected {
+                audit.violations.push(format!(
+                    "change {key} ({status:?}) is in history {seen} times"
+                ));
+            }
+        }
+        Ok(audit)
+    }
+}

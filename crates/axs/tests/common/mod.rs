@@ -2,7 +2,6 @@
 //! ledger, the in-process cache, the gRPC role and consumer members, and a tonic client.
 #![allow(clippy::unwrap_used, dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,14 +9,12 @@ use std::time::{Duration, Instant};
 
 use axs::cache::{BalanceCache, MemoryCache};
 use axs::consumer::ConsumerHandle;
-use axs::model::{ChangeKind, ChangeStatus};
 use axs::node::{self, AxsConfig, GrpcNode};
 use axs::pb;
 use axs::pb::ledger_client::LedgerClient;
 use axs::store::sqlite::SqliteLedgerStore;
 use axs::store::LedgerStore;
 use ledger_lease::{Clock, SystemClock};
-use sqlx::Row;
 use takhin_broker::BrokerConfig;
 use tonic::transport::Channel;
 
@@ -73,7 +70,11 @@ impl Broker {
                     return;
                 }
                 Err(error) => {
-                    assert!(Instant::now() < deadline, "broker restart on {}: {error}", self.addr);
+                    assert!(
+                        Instant::now() < deadline,
+                        "broker restart on {}: {error}",
+                        self.addr
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -285,103 +286,13 @@ pub fn settle(key: &str, account: &str, pending: &str, amount: Option<i128>) -> 
     }
 }
 
-/// What the invariant checker found.
-#[derive(Debug, Default)]
-pub struct Audit {
-    pub accounts: usize,
-    pub applied: usize,
-    pub rejected: usize,
-}
-
-/// The ledger's invariants, read straight from SQL:
-/// - every balance equals the sum of its history's deltas, and its version their count;
-/// - every applied change (other than a hold's expiry) appears exactly once in history, and
-///   a rejected one never;
-/// - replaying each history in version order never takes a debit below the overdraft limit.
-pub async fn audit(store: &SqliteLedgerStore) -> Audit {
-    let pool = store.pool();
-    let limits: HashMap<String, i128> = sqlx::query("SELECT account, assets FROM axs_accounts")
-        .fetch_all(pool)
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| {
-            let assets: BTreeMap<String, String> =
-                serde_json::from_str(row.get::<String, _>("assets").as_str()).unwrap();
-            (row.get("account"), assets["USD"].parse().unwrap())
-        })
-        .collect();
-    let history = sqlx::query("SELECT * FROM axs_history ORDER BY account, asset, version")
-        .fetch_all(pool)
-        .await
-        .unwrap();
-    let mut sums: HashMap<(String, String), (i128, i128, u64)> = HashMap::new();
-    let mut per_key: HashMap<String, usize> = HashMap::new();
-    for row in &history {
-        let key = (row.get::<String, _>("account"), row.get::<String, _>("asset"));
-        let delta: i128 = row.get::<String, _>("balance_delta").parse().unwrap();
-        let pending: i128 = row.get::<String, _>("pending_debit_delta").parse().unwrap();
-        let after: i128 = row.get::<String, _>("balance_after").parse().unwrap();
-        let version: i64 = row.get("version");
-        let entry = sums.entry(key.clone()).or_default();
-        entry.0 += delta;
-        entry.1 += pending;
-        entry.2 += 1;
-        assert_eq!(entry.0, after, "balance_after of {key:?} v{version}");
-        assert_eq!(entry.2 as i64, version, "versions of {key:?} have a gap");
-        let limit = limits[&key.0];
-        if delta < 0 || pending > 0 {
-            assert!(
-                entry.0 - entry.1 >= -limit,
-                "{key:?} v{version}: available {} below -{limit}",
-                entry.0 - entry.1
-            );
-        }
-        let kind: i64 = row.get("kind");
-        let change_key: String = row.get("key");
-        // A hold's expiry is recorded under the hold's key as a second entry.
-        if kind != ChangeKind::VoidPending.code() || !is_hold(store, &change_key).await {
-            *per_key.entry(change_key).or_default() += 1;
-        }
-    }
-    let balances = sqlx::query("SELECT * FROM axs_balances").fetch_all(pool).await.unwrap();
-    for row in &balances {
-        let key = (row.get::<String, _>("account"), row.get::<String, _>("asset"));
-        let balance: i128 = row.get::<String, _>("balance").parse().unwrap();
-        let version: i64 = row.get("version");
-        let (sum, _, count) = sums.get(&key).copied().unwrap_or_default();
-        assert_eq!(balance, sum, "balance of {key:?} is not the sum of its history");
-        assert_eq!(version as u64, count, "version of {key:?}");
-    }
-    let changes = sqlx::query("SELECT key, status FROM axs_changes").fetch_all(pool).await.unwrap();
-    let mut audit = Audit {
-        accounts: balances.len(),
-        ..Audit::default()
-    };
-    for row in &changes {
-        let key: String = row.get("key");
-        let status = ChangeStatus::from_code(row.get("status")).unwrap();
-        let seen = per_key.get(&key).copied().unwrap_or(0);
-        match status {
-            ChangeStatus::Applied => {
-                audit.applied += 1;
-                assert_eq!(seen, 1, "applied change {key} is in history {seen} times");
-            }
-            ChangeStatus::Rejected => {
-                audit.rejected += 1;
-                assert_eq!(seen, 0, "rejected change {key} is in history");
-            }
-            _ => assert_eq!(seen, 0, "undecided change {key} is in history"),
-        }
-    }
+/// Runs the invariant checker and fails the test on any violation.
+pub async fn audit(store: &SqliteLedgerStore) -> axs::store::sqlite::Audit {
+    let audit = store.audit().await.expect("audit reads the ledger");
+    assert!(
+        audit.violations.is_empty(),
+        "ledger invariants broken:\n{}",
+        audit.violations.join("\n")
+    );
     audit
-}
-
-async fn is_hold(store: &SqliteLedgerStore, key: &str) -> bool {
-    let kind: Option<i64> = sqlx::query_scalar("SELECT kind FROM axs_changes WHERE key = ?1")
-        .bind(key)
-        .fetch_optional(store.pool())
-        .await
-        .unwrap();
-    kind == Some(ChangeKind::Pending.code())
 }
