@@ -79,16 +79,18 @@ async fn submit_200_with_retries_all_mined_gapless(backend: Backend) {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     while chain.latest_nonce(signer).await.unwrap() < TRANSACTIONS {
-        assert!(Instant::now() < deadline, "not all mined");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the latest nonce to reach {TRANSACTIONS}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(chain.latest_nonce(signer).await.unwrap(), TRANSACTIONS);
     for (n, (_, hash)) in &by_id {
-        let receipt = chain.receipt(*hash).await.unwrap();
-        assert!(
-            receipt.is_some_and(|receipt| receipt.success),
-            "transfer-{n} not mined"
-        );
+        let receipt = stack
+            .receipt_eventually(*hash, &format!("transfer-{n} mined"))
+            .await;
+        assert!(receipt.success, "transfer-{n} reverted");
     }
     // A retry after mining returns the stored record without a new nonce or send.
     let again = stack

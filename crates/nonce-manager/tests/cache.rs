@@ -26,6 +26,9 @@ backend_cases!(cases;
     redis_dying_mid_run_changes_nothing,
 );
 
+/// How long a test waits for a background cache write or a commit before it gives up.
+const WAIT: Duration = Duration::from_secs(30);
+
 fn signer() -> Address {
     Address::repeat_byte(0x77)
 }
@@ -75,12 +78,15 @@ async fn setup(backend: &Backend, redis: &RedisServer) -> Setup {
 
 /// Waits until the cache holds `request_id` (writes are in the background).
 async fn cached(cache: &RedisCache, request_id: &RequestId) -> CachedAllocation {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + WAIT;
     loop {
         if let Some(entry) = cache.allocation(request_id).await {
             return entry;
         }
-        assert!(Instant::now() < deadline, "{request_id} never cached");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {request_id} to be cached"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -166,9 +172,13 @@ mod cases {
         let stored = assert_gapless(s.store.as_ref()).await;
         assert_eq!(stored.len(), 4);
         // The writer overwrote the poisoned entries with the committed ones.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + WAIT;
         while s.cache.allocation(&id(2)).await.map(|entry| entry.nonce) != Some(2) {
-            assert!(Instant::now() < deadline, "cache entry not refreshed");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the writer to overwrite the poisoned entry of {}",
+                id(2)
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -204,9 +214,12 @@ mod cases {
             }));
         }
         // Let the first halves land and reach the cache, then kill Redis.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + WAIT;
         while s.store.nonces(signer()).await.unwrap().len() < (CALLERS * PER_CALLER / 2) as usize {
-            assert!(Instant::now() < deadline, "first half never committed");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the first half to be committed"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         cached(&s.cache, &id(0)).await;

@@ -200,7 +200,7 @@ async fn rpc(url: &str, method: &str, params: Value) -> Value {
 async fn next_confirmed(
     receiver: &mut tokio::sync::mpsc::Receiver<StableBlock>,
 ) -> Option<BlockRef> {
-    match tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await {
+    match tokio::time::timeout(Duration::from_secs(30), receiver.recv()).await {
         Ok(Some(StableBlock::Confirmed(block))) => Some(block),
         Ok(Some(other)) => panic!("unexpected {other:?}"),
         Ok(None) | Err(_) => None,
@@ -229,7 +229,11 @@ async fn on_anvil_a_shallow_reorg_leaves_the_stream_canonical() {
     );
     let mut stream = Vec::new();
     while stream.len() < 8 {
-        stream.push(next_confirmed(&mut receiver).await.expect("blocks 0..=7"));
+        stream.push(
+            next_confirmed(&mut receiver)
+                .await
+                .expect("timed out waiting for confirmed blocks 0..=7"),
+        );
     }
     // Replace the top 3 blocks (8..=10, not emitted yet), then grow the new chain.
     let before = chain.block(9).await.unwrap().unwrap();
@@ -238,7 +242,11 @@ async fn on_anvil_a_shallow_reorg_leaves_the_stream_canonical() {
     assert_ne!(before.hash, after.hash, "anvil_reorg replaced block 9");
     rpc(&url, "anvil_mine", json!([6])).await; // head 16: blocks up to 13 are 4 deep
     while stream.len() < 14 {
-        stream.push(next_confirmed(&mut receiver).await.expect("blocks 8..=13"));
+        stream.push(
+            next_confirmed(&mut receiver)
+                .await
+                .expect("timed out waiting for confirmed blocks 8..=13"),
+        );
     }
     for (height, block) in stream.iter().enumerate() {
         assert_eq!(block.number, height as u64);

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nonce-manager")
+    test_support::workspace_root().join("deploy/nonce-manager")
 }
 
 /// Names passed to the metrics macros anywhere under `src/`.
@@ -24,7 +24,7 @@ fn emitted() -> BTreeSet<String> {
     }
     let mut sources = Vec::new();
     walk(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &test_support::workspace_root().join("crates/nonce-manager/src"),
         &mut sources,
     );
     let mut names = BTreeSet::new();

@@ -29,6 +29,9 @@ on_both_backends!(
     externally_signed_transactions_are_reported_tracked_and_not_drift,
 );
 
+/// How long a test waits for the node before it gives up.
+const WAIT: Duration = Duration::from_secs(30);
+
 struct Harness {
     stack: Stack,
 }
@@ -93,11 +96,11 @@ impl Harness {
     }
 
     async fn wait_latest(&self, at_least: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + WAIT;
         while self.chain.latest_nonce(self.key.address()).await.unwrap() < at_least {
             assert!(
                 Instant::now() < deadline,
-                "latest nonce never reached {at_least}"
+                "timed out waiting for the signer's latest nonce to reach {at_least}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -184,8 +187,10 @@ async fn foreign_wallet_drift_is_detected_and_allocation_skips_ahead(backend: Ba
     assert_eq!(after.nonce, 4);
     assert_eq!(after.status, TxStatus::Tracking);
     h.wait_latest(5).await;
-    let receipt = h.chain.receipt(after.attempts[0].hash).await.unwrap();
-    assert!(receipt.is_some_and(|receipt| receipt.success));
+    let receipt = h
+        .receipt_eventually(after.attempts[0].hash, "after-drift mined")
+        .await;
+    assert!(receipt.success);
     eprintln!("drift: {:?}", started.elapsed());
 }
 
@@ -227,10 +232,12 @@ async fn abandoned_nonce_gap_is_filled_so_later_nonces_mine(backend: Backend) {
     let (gap, filler) = report.gaps_filled[0];
     assert_eq!(gap, 0);
     h.wait_latest(2).await;
-    let filler_receipt = h.chain.receipt(filler).await.unwrap();
-    assert!(filler_receipt.is_some_and(|receipt| receipt.success));
-    let later_receipt = h.chain.receipt(later.attempts[0].hash).await.unwrap();
-    assert!(later_receipt.is_some_and(|receipt| receipt.success));
+    let filler_receipt = h.receipt_eventually(filler, "the gap filler mined").await;
+    assert!(filler_receipt.success);
+    let later_receipt = h
+        .receipt_eventually(later.attempts[0].hash, "the later nonce mined")
+        .await;
+    assert!(later_receipt.success);
     // The filler was stored on the abandoned record before it was sent.
     let record = h
         .store
@@ -294,7 +301,8 @@ async fn externally_signed_transactions_are_reported_tracked_and_not_drift(backe
     assert_eq!(record.attempts.len(), 1);
     assert_eq!(record.attempts[0].hash, signed.hash);
     h.wait_latest(1).await;
-    assert!(h.chain.receipt(signed.hash).await.unwrap().is_some());
+    h.receipt_eventually(signed.hash, "the reported ext-0 mined")
+        .await;
 
     // Bad reports: refused with a clear error, the record untouched.
     let wrong_nonce = h.key.sign(31337, 7, &Harness::payload(0)).unwrap();

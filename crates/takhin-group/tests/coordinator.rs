@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
@@ -27,8 +27,27 @@ use kafka_protocol::ResponseError;
 use takhin_group::{GroupConfig, GroupCoordinator};
 use tokio::sync::watch;
 
-const SESSION: i32 = 400;
-const REBALANCE: i32 = 2000;
+/// Timeouts of members whose expiry a test does not wait for: long enough that a
+/// stalled test process (a busy CI machine) never loses a member by accident.
+const SESSION: i32 = 30_000;
+const REBALANCE: i32 = 30_000;
+/// The short timeouts a test waits to run out (one member's session, one rebalance).
+const SHORT_SESSION: i32 = 400;
+const SHORT_REBALANCE: i32 = 2000;
+/// How long a test waits for a timer-driven change before it gives up.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The session and rebalance timeouts a member joins with.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    session_ms: i32,
+    rebalance_ms: i32,
+}
+
+const LONG: Timeouts = Timeouts {
+    session_ms: SESSION,
+    rebalance_ms: REBALANCE,
+};
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
@@ -74,17 +93,42 @@ fn join_req(group: &str, member: &str, meta: &'static [u8]) -> JoinGroupRequest 
         ])
 }
 
+fn join_req_with(group: &str, member: &str, meta: &'static [u8], t: Timeouts) -> JoinGroupRequest {
+    join_req(group, member, meta)
+        .with_session_timeout_ms(t.session_ms)
+        .with_rebalance_timeout_ms(t.rebalance_ms)
+}
+
 /// The v4+ dance: empty member id -> MEMBER_ID_REQUIRED + id -> join with it.
 async fn join_new(c: &GroupCoordinator, group: &str, meta: &'static [u8]) -> JoinGroupResponse {
-    let first = c.join_group(join_req(group, "", meta), 5).await;
+    join_new_with(c, group, meta, LONG).await
+}
+
+async fn join_new_with(
+    c: &GroupCoordinator,
+    group: &str,
+    meta: &'static [u8],
+    t: Timeouts,
+) -> JoinGroupResponse {
+    let first = c.join_group(join_req_with(group, "", meta, t), 5).await;
     assert_eq!(first.error_code, ResponseError::MemberIdRequired.code());
     assert!(!first.member_id.is_empty());
-    c.join_group(join_req(group, &first.member_id, meta), 5)
+    c.join_group(join_req_with(group, &first.member_id, meta, t), 5)
         .await
 }
 
 async fn rejoin(c: &GroupCoordinator, group: &str, member: &str) -> JoinGroupResponse {
-    c.join_group(join_req(group, member, b"meta"), 5).await
+    rejoin_with(c, group, member, LONG).await
+}
+
+async fn rejoin_with(
+    c: &GroupCoordinator,
+    group: &str,
+    member: &str,
+    t: Timeouts,
+) -> JoinGroupResponse {
+    c.join_group(join_req_with(group, member, b"meta", t), 5)
+        .await
 }
 
 fn sync_req(group: &str, member: &str, generation: i32) -> SyncGroupRequest {
@@ -124,17 +168,45 @@ fn state_of(c: &GroupCoordinator, group: &str) -> String {
     d.groups[0].group_state.to_string()
 }
 
+/// Polls until `group` is in `state` (the timer task or a spawned request moves it).
+async fn wait_state(c: &GroupCoordinator, group: &str, state: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = state_of(c, group);
+        if now == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for group {group} to be {state}: still {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Joins `n` members concurrently, the leader syncs; returns (generation, leader, members).
 async fn form_group(
     c: &Arc<GroupCoordinator>,
     group: &str,
     n: usize,
 ) -> (i32, String, Vec<String>) {
+    form_group_with(c, group, &vec![LONG; n]).await
+}
+
+/// [`form_group`] with one member per entry of `timeouts`; `members[i]` joined with
+/// `timeouts[i]`.
+async fn form_group_with(
+    c: &Arc<GroupCoordinator>,
+    group: &str,
+    timeouts: &[Timeouts],
+) -> (i32, String, Vec<String>) {
     let mut tasks = Vec::new();
-    for _ in 0..n {
+    for &t in timeouts {
         let c = c.clone();
         let g = group.to_string();
-        tasks.push(tokio::spawn(async move { join_new(&c, &g, b"meta").await }));
+        tasks.push(tokio::spawn(async move {
+            join_new_with(&c, &g, b"meta", t).await
+        }));
     }
     let mut resps = Vec::new();
     for t in tasks {
@@ -278,7 +350,7 @@ async fn fourth_member_triggers_rebalance() {
 
     let c4 = h.c.clone();
     let fourth = tokio::spawn(async move { join_new(&c4, "g", b"meta").await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_state(&h.c, "g", "PreparingRebalance").await;
     for m in &members {
         assert_eq!(
             heartbeat(&h.c, "g", m, generation),
@@ -312,22 +384,28 @@ async fn fourth_member_triggers_rebalance() {
 #[tokio::test]
 async fn silent_member_expires_and_others_rebalance() {
     let h = start(300);
-    let (generation, leader, members) = form_group(&h.c, "g", 2).await;
-    let survivor = leader.clone();
-    let silent = members.iter().find(|m| **m != leader).unwrap().clone();
+    let short = Timeouts {
+        session_ms: SHORT_SESSION,
+        rebalance_ms: REBALANCE,
+    };
+    let (generation, _, members) = form_group_with(&h.c, "g", &[LONG, short]).await;
+    let survivor = members[0].clone();
+    let silent = members[1].clone();
 
     // Only the survivor heartbeats; the other's 400 ms session lapses.
-    let mut saw_rebalance = false;
-    for _ in 0..30 {
+    let deadline = Instant::now() + WAIT;
+    loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let code = heartbeat(&h.c, "g", &survivor, generation);
         if code == ResponseError::RebalanceInProgress.code() {
-            saw_rebalance = true;
             break;
         }
         assert_eq!(code, 0);
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the silent member's expiry to start a rebalance"
+        );
     }
-    assert!(saw_rebalance, "expiry should have started a rebalance");
     let r = rejoin(&h.c, "g", &survivor).await;
     assert_eq!(r.error_code, 0);
     assert_eq!(r.generation_id, generation + 1);
@@ -341,20 +419,29 @@ async fn silent_member_expires_and_others_rebalance() {
 #[tokio::test]
 async fn member_that_never_rejoins_is_dropped_at_rebalance_timeout() {
     let h = start(300);
-    let (generation, leader, members) = form_group(&h.c, "g", 2).await;
+    // A long session, so the heartbeating member cannot expire (which would end the
+    // rebalance early); the short rebalance timeout is what the test waits for.
+    let t = Timeouts {
+        session_ms: SESSION,
+        rebalance_ms: SHORT_REBALANCE,
+    };
+    let (generation, leader, members) = form_group_with(&h.c, "g", &[t, t]).await;
     let other = members.iter().find(|m| **m != leader).unwrap().clone();
     // The leader rejoins (forcing a rebalance); the other keeps heartbeating but never rejoins.
     let c = h.c.clone();
     let l = leader.clone();
-    let join = tokio::spawn(async move { rejoin(&c, "g", &l).await });
-    let started = std::time::Instant::now();
+    let started = Instant::now();
+    let join = tokio::spawn(async move { rejoin_with(&c, "g", &l, t).await });
     while !join.is_finished() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         heartbeat(&h.c, "g", &other, generation);
-        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            started.elapsed() < WAIT,
+            "timed out waiting for the rebalance timeout to complete the leader's join"
+        );
     }
     let r = join.await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(REBALANCE as u64 - 100));
+    assert!(started.elapsed() >= Duration::from_millis(SHORT_REBALANCE as u64 - 100));
     assert_eq!(r.generation_id, generation + 1);
     assert_eq!(r.members.len(), 1);
 }
@@ -837,12 +924,39 @@ async fn offsets_expire_retention_after_group_became_empty() {
 
     // The commit is older than the retention, but the group only just became
     // empty: KIP-211 counts from there.
+    let before_leave = Instant::now();
     assert_eq!(leave(&h.c, "rg", &me), 0);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(fetch_v7(&h.c, "rg", "t", &[0]), vec![42]);
+    wait_offset_expired(&h.c, "rg", 42, before_leave, Duration::from_millis(2000)).await;
+}
 
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(fetch_v7(&h.c, "rg", "t", &[0]), vec![-1]);
+/// Polls until the offset committed for `group` on t/0 (`kept` until then) is gone, and
+/// checks it was not dropped before `retention` had passed since `since`, an instant
+/// taken before the group became empty. A slow machine only makes the expiry later.
+async fn wait_offset_expired(
+    c: &GroupCoordinator,
+    group: &str,
+    kept: i64,
+    since: Instant,
+    retention: Duration,
+) {
+    loop {
+        let offset = fetch_v7(c, group, "t", &[0])[0];
+        let elapsed = since.elapsed();
+        if offset == -1 {
+            assert!(
+                elapsed + Duration::from_millis(100) >= retention,
+                "offsets of {group} expired {elapsed:?} after it became empty, \
+                 before the retention of {retention:?}"
+            );
+            return;
+        }
+        assert_eq!(offset, kept);
+        assert!(
+            elapsed < WAIT,
+            "timed out waiting for the offsets of {group} to expire"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -854,11 +968,9 @@ async fn memberless_groups_at_open_count_retention_from_open() {
         assert_eq!(r.topics[0].partitions[0].error_code, 0);
         c.close().unwrap();
     }
-    // The broker was down longer than the retention.
+    // The broker was down longer than the retention (a sleep lasts at least this long).
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before_open = Instant::now();
     let h = start_with(with_retention(1000), dir);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(fetch_v7(&h.c, "sg", "t", &[0]), vec![9]);
-    tokio::time::sleep(Duration::from_millis(1400)).await;
-    assert_eq!(fetch_v7(&h.c, "sg", "t", &[0]), vec![-1]);
+    wait_offset_expired(&h.c, "sg", 9, before_open, Duration::from_millis(1000)).await;
 }

@@ -44,6 +44,9 @@ const CONCURRENCY: usize = 64;
 /// Fraction of responses after which the holder is killed.
 const KILL_AT_PERCENT: u64 = 40;
 const SIGNER: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
+/// How long a test waits for a node or the chain before it gives up (the load phases have
+/// their own, longer deadlines).
+const WAIT: Duration = Duration::from_secs(30);
 
 struct NodeProcess {
     node_id: String,
@@ -150,6 +153,56 @@ fn scrape(url: &str) -> String {
     let mut body = String::new();
     stream.read_to_string(&mut body).unwrap();
     body
+}
+
+/// Polls until the node returns a successful receipt for `hash`: the chain's nonce count
+/// and its receipts are not promised to become readable together.
+async fn mined_eventually(chain: &AlloyChainClient, hash: B256) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(receipt) = chain.receipt(hash).await.unwrap() {
+            assert!(receipt.success, "{hash} reverted");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the receipt of {hash}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls until the chain's (latest) nonce of the signer is `n`.
+async fn latest_nonce_eventually(chain: &AlloyChainClient, n: u64, within: Duration) {
+    let signer = Address::from_str(SIGNER).unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        let latest = chain.latest_nonce(signer).await.unwrap();
+        if latest >= n {
+            assert_eq!(latest, n, "the signer's nonce went past {n}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the signer's latest nonce to reach {n}: at {latest}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls until a node reports a lease holder for the signer.
+async fn wait_for_holder(client: &NonceManagerClient<Channel>) -> GetSignerViewResponse {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(view) = view(client).await.filter(|v| !v.lease_holder.is_empty()) {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for a node to take the signer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// What a request id got.
@@ -283,17 +336,7 @@ async fn run_cluster(backend: Backend, transactions: u64, fault: Fault) {
             .collect(),
     );
     // Wait until one node holds the signer.
-    let deadline = Instant::now() + LEASE_TTL * 4;
-    let first_view = loop {
-        if let Some(view) = view(&clients[0])
-            .await
-            .filter(|v| !v.lease_holder.is_empty())
-        {
-            break view;
-        }
-        assert!(Instant::now() < deadline, "no node took the signer");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let first_view = wait_for_holder(&clients[0]).await;
     eprintln!(
         "holder {} (token {:?}) after {:?}",
         first_view.lease_holder,
@@ -435,12 +478,7 @@ async fn run_cluster(backend: Backend, transactions: u64, fault: Fault) {
     );
 
     // On chain: the signer's nonce reaches N, and every one of our hashes is mined.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while chain.latest_nonce(signer).await.unwrap() < transactions {
-        assert!(Instant::now() < deadline, "not everything was mined");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(chain.latest_nonce(signer).await.unwrap(), transactions);
+    latest_nonce_eventually(&chain, transactions, Duration::from_secs(120)).await;
     let hashes: Vec<B256> = outcomes
         .values()
         .map(|(_, hash)| B256::from_str(hash).unwrap())
@@ -451,8 +489,7 @@ async fn run_cluster(backend: Backend, transactions: u64, fault: Fault) {
         let (chain, chunk) = (chain.clone(), chunk.to_vec());
         receipts.spawn(async move {
             for hash in chunk {
-                let receipt = chain.receipt(hash).await.unwrap();
-                assert!(receipt.is_some_and(|r| r.success), "{hash} not mined");
+                mined_eventually(&chain, hash).await;
             }
         });
     }
@@ -493,18 +530,24 @@ async fn run_cluster(backend: Backend, transactions: u64, fault: Fault) {
         // The resumed old holder noticed it lost the lease (its allocator stopped, by a
         // refused fenced commit or by the lease manager) and kept serving as a forwarder;
         // the nonces above are gapless and unique all the same.
-        let old_metrics = scrape(&killed.metrics);
-        let lost = old_metrics
-            .lines()
-            .find(|line| line.starts_with("nonce_manager_lease_lost_total"))
-            .and_then(|line| line.split_whitespace().last())
-            .and_then(|value| value.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        assert!(
-            lost >= 1.0,
-            "the resumed old holder never gave the signer up; its log:\n{}",
-            killed.log_tail()
-        );
+        let deadline = Instant::now() + WAIT;
+        let lost = loop {
+            let lost = scrape(&killed.metrics)
+                .lines()
+                .find(|line| line.starts_with("nonce_manager_lease_lost_total"))
+                .and_then(|line| line.split_whitespace().last())
+                .and_then(|value| value.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if lost >= 1.0 {
+                break lost;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the resumed old holder to give the signer up; its log:\n{}",
+                killed.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let fenced = std::fs::read_to_string(&killed.log)
             .unwrap_or_default()
             .matches("fenc")
@@ -601,9 +644,9 @@ async fn watch_confirmed_blocks_streams_canonical_blocks_n_deep() {
         if blocks.len() == 3 {
             mine(5).await; // head 10: blocks up to 8 are 3 deep
         }
-        let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        let event = tokio::time::timeout(WAIT, stream.message())
             .await
-            .expect("a block within 10 s")
+            .unwrap_or_else(|_| panic!("timed out waiting for confirmed block {}", blocks.len()))
             .unwrap()
             .expect("stream open");
         match event.event {
@@ -655,14 +698,7 @@ async fn redis_cache_serves_retries_through_a_node() {
     let base_fee = chain.base_fee().await.unwrap().unwrap_or(1_000_000_000);
     let max_fee = u64::try_from(base_fee * 4 + 2_000_000_000).unwrap();
     let clients = Arc::new(vec![client(&node.grpc)]);
-    let deadline = Instant::now() + LEASE_TTL * 4;
-    while view(&clients[0])
-        .await
-        .is_none_or(|v| v.lease_holder.is_empty())
-    {
-        assert!(Instant::now() < deadline, "the node never took the signer");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_holder(&clients[0]).await;
     let mut first = BTreeMap::new();
     for n in 0..20 {
         first.insert(n, submit_until_done(clients.clone(), n, 0, max_fee).await);
@@ -705,14 +741,7 @@ async fn allocate_then_report_signed_transaction_confirms() {
         .map(|index| spawn_node(index, &backend.location(), anvil.url(), dir.path()))
         .collect();
     let clients: Vec<_> = nodes.iter().map(|node| client(&node.grpc)).collect();
-    let deadline = Instant::now() + LEASE_TTL * 4;
-    while view(&clients[0])
-        .await
-        .is_none_or(|v| v.lease_holder.is_empty())
-    {
-        assert!(Instant::now() < deadline, "no node took the signer");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_holder(&clients[0]).await;
     let chain = AlloyChainClient::new(anvil.url()).unwrap();
     let chain_id = chain.chain_id().await.unwrap();
     let base_fee = chain.base_fee().await.unwrap().unwrap_or(1_000_000_000);
@@ -787,7 +816,7 @@ async fn allocate_then_report_signed_transaction_confirms() {
         .unwrap_err();
     assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
 
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + WAIT;
     for (n, hash) in hashes.iter().enumerate() {
         loop {
             let record = clients[0]
@@ -806,14 +835,12 @@ async fn allocate_then_report_signed_transaction_confirms() {
             }
             assert!(
                 Instant::now() < deadline,
-                "external-{n} not confirmed: {record:?}\n{}",
+                "timed out waiting for external-{n} to be confirmed: {record:?}\n{}",
                 nodes[0].log_tail()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    assert_eq!(
-        chain.latest_nonce(SIGNER.parse().unwrap()).await.unwrap(),
-        5
-    );
+    // tx-4 is automined after its send returned: wait for it too.
+    latest_nonce_eventually(&chain, 5, WAIT).await;
 }

@@ -2,7 +2,8 @@
 //! the block repository, not yet applied to the UTXO store), then restarted: the store must
 //! end up equal to a replay from genesis of the repository's blocks, with every block
 //! applied exactly once (both logs hold exactly the submitted chain, and the tip, the UTXO
-//! set hash, balances and nonces match the replay).
+//! set hash, balances and nonces match the replay). Before that, a first run is killed
+//! with its applied blocks not yet flushed.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -17,6 +18,12 @@ use wes_store::{BlockRepository, ChainStore, StoreConfig};
 use wes_utxo::gen::ChainGenerator;
 use wes_utxo::model::{self, AssetId};
 use wes_utxo::{pb as model_pb, ChainParams, UtxoState};
+
+/// How long a test waits for the server before it gives up.
+const WAIT: Duration = Duration::from_secs(30);
+/// An apply delay no test run outlasts: a block submitted to a server started with it stays
+/// in flight until the kill, however slow the machine.
+const STUCK_APPLY_MS: u64 = 600_000;
 
 /// Starts the server; returns the child and its gRPC address (from its first stdout line).
 fn start(data: &Path, apply_delay_ms: u64) -> (Child, SocketAddr) {
@@ -77,6 +84,35 @@ async fn status(client: &mut Client) -> pb::GetSyncStatusResponse {
         .into_inner()
 }
 
+async fn submit(client: &mut Client, block: &model_pb::Block, wait_applied: bool) {
+    let response = client
+        .submit_block(pb::SubmitBlockRequest {
+            block: Some(block.clone()),
+            wait_applied,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!response.already_present);
+}
+
+/// Polls until the server's UTXO tip is at `height` with nothing left to apply; returns
+/// that status.
+async fn caught_up(client: &mut Client, height: u64, what: &str) -> pb::GetSyncStatusResponse {
+    let started = Instant::now();
+    loop {
+        let now = status(client).await;
+        if now.utxo_tip.as_ref().map(|tip| tip.height) == Some(height) && now.lag_blocks == 0 {
+            return now;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "timed out waiting for {what} (utxo tip at {height}): {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn hashes(repository: &BlockRepository) -> Vec<Vec<u8>> {
     (0..repository.len().unwrap())
         .map(|height| repository.hash_at(height).unwrap().unwrap().0.to_vec())
@@ -91,23 +127,35 @@ async fn killed_with_blocks_in_flight_recovers_to_the_replay() {
     let mut reference = UtxoState::new(ChainParams::default());
     let mut submitted: Vec<model_pb::Block> = Vec::new();
 
-    // Every apply waits 300 ms, so a block is in flight for that long after SubmitBlock.
-    let (child, addr) = start(&data, 300);
+    // A first run applies 7 blocks (not flushed: the store flushes every 50,000) and is
+    // killed (SIGKILL).
+    let (mut child, addr) = start(&data, 0);
     let mut client = wes_server::connect(addr).await.unwrap();
-    for _ in 0..8 {
+    for _ in 0..7 {
         let block = generator.next_block(&reference, 3);
         reference.apply_block(&block).unwrap();
-        let response = client
-            .submit_block(pb::SubmitBlockRequest {
-                block: Some(block.clone()),
-                wait_applied: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(!response.already_present);
+        submit(&mut client, &block, true).await;
         submitted.push(block);
     }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(client);
+
+    // A second run never finishes an apply, so the block submitted now is in flight (in the
+    // repository, not applied) when it is killed. (SubmitBlock first waits for the parent
+    // to be applied, so the first run's blocks must be back without an apply.)
+    let (mut child, addr) = start(&data, STUCK_APPLY_MS);
+    let mut client = wes_server::connect(addr).await.unwrap();
+    caught_up(
+        &mut client,
+        6,
+        "the store to reopen with the first run's blocks",
+    )
+    .await;
+    let block = generator.next_block(&reference, 3);
+    reference.apply_block(&block).unwrap();
+    submit(&mut client, &block, false).await;
+    submitted.push(block);
     let before_kill = status(&mut client).await;
     let n_blocks = submitted.len() as u64;
     assert_eq!(
@@ -118,7 +166,6 @@ async fn killed_with_blocks_in_flight_recovers_to_the_replay() {
         before_kill.lag_blocks >= 1,
         "nothing in flight at the kill: {before_kill:?}"
     );
-    let mut child = child;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     drop(client);
@@ -126,20 +173,8 @@ async fn killed_with_blocks_in_flight_recovers_to_the_replay() {
     let (child, addr) = start(&data, 0);
     let mut client = wes_server::connect(addr).await.unwrap();
     let tip = reference.tip().unwrap();
-    let started = Instant::now();
-    loop {
-        let now = status(&mut client).await;
-        if now.utxo_tip.as_ref().map(|tip| tip.height) == Some(tip.height) {
-            assert_eq!(now.utxo_tip.unwrap().hash, tip.hash.0.to_vec());
-            assert_eq!(now.lag_blocks, 0);
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no catch-up after restart: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let now = caught_up(&mut client, tip.height, "the catch-up after restart").await;
+    assert_eq!(now.utxo_tip.unwrap().hash, tip.hash.0.to_vec());
     for owner in generator.owners() {
         let utxos = client
             .get_utxos_by_address(pb::GetUtxosByAddressRequest {

@@ -3,7 +3,7 @@
 //! on drop. `TAKHIN_ANVIL_BIN` overrides the binary. Extra arguments (block time, gas
 //! limit) are the caller's.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -90,7 +90,7 @@ fn find_binary() -> Result<PathBuf, HarnessError> {
     if let Some(path) = std::env::var_os("TAKHIN_ANVIL_BIN") {
         return Ok(PathBuf::from(path));
     }
-    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/evm/node_modules");
+    let modules = crate::workspace_root().join("tests/evm/node_modules");
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -12,7 +12,25 @@ pub mod lease_conformance;
 pub mod postgres;
 pub mod redis;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The checkout the tests run from: the nearest directory above the running test's crate
+/// that holds `Cargo.lock`.
+///
+/// Read at run time from `CARGO_MANIFEST_DIR`, which cargo and nextest set for every test
+/// process, never from `env!` alone: a test binary compiled in another checkout that
+/// shares the target directory keeps that checkout's path baked in, and cargo reuses the
+/// binary when the sources are the same.
+pub fn workspace_root() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .map(Path::to_path_buf)
+        .unwrap_or(manifest)
+}
 
 /// Why a harness could not start its server.
 #[derive(Debug, thiserror::Error)]

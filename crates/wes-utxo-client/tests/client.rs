@@ -19,6 +19,9 @@ use wes_utxo_client::{
     UtxoClientService,
 };
 
+/// How long a test waits for the client's background tasks before it gives up.
+const WAIT: Duration = Duration::from_secs(30);
+
 fn params() -> ChainParams {
     ChainParams::default()
 }
@@ -180,6 +183,7 @@ async fn breaker_opens_half_opens_and_closes() {
     }
     assert_eq!(breaker.state(), BreakerState::Open);
     tokio::time::sleep(Duration::from_millis(130)).await;
+    let before_probe = Instant::now();
     let stalled = breaker
         .call(Duration::from_millis(10), async {
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -193,13 +197,27 @@ async fn breaker_opens_half_opens_and_closes() {
         )))
     );
     assert_eq!(breaker.state(), BreakerState::Open);
-    tokio::time::sleep(Duration::from_millis(130)).await;
-    assert_eq!(
-        breaker.call(timeout, async { Ok(()) }).await,
-        Err(CallError::Open)
+    // Calls are refused until the doubled cooldown has passed since the reopen (which came
+    // after `before_probe`); the first one let through closes the breaker. A slow machine
+    // only makes that call later, never earlier.
+    let mut refused = 0;
+    loop {
+        match breaker.call(timeout, async { Ok(()) }).await {
+            Err(CallError::Open) => refused += 1,
+            Ok(()) => break,
+            other => panic!("probe after the doubled cooldown: {other:?}"),
+        }
+        assert!(
+            before_probe.elapsed() < WAIT,
+            "timed out waiting for the doubled cooldown to pass"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let waited = before_probe.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200),
+        "the breaker let a call through {waited:?} after reopening, before the doubled cooldown"
     );
-    tokio::time::sleep(Duration::from_millis(120)).await;
-    assert_eq!(breaker.call(timeout, async { Ok(()) }).await, Ok(()));
     assert_eq!(breaker.state(), BreakerState::Closed);
     let stats = stats.snapshot();
     assert_eq!(
@@ -210,7 +228,7 @@ async fn breaker_opens_half_opens_and_closes() {
         ),
         (3, 3, 2)
     );
-    assert_eq!(stats.calls_rejected, 2);
+    assert_eq!(stats.calls_rejected, 1 + refused);
 }
 
 #[tokio::test]
@@ -223,7 +241,7 @@ async fn notifier_retries_through_transient_failures() {
         ..config()
     };
     let client = UtxoClient::start(config, repository, system.clone()).unwrap();
-    wait_until("the start-up sync", Duration::from_secs(5), || {
+    wait_until("the start-up sync", WAIT, || {
         client.stats().coordinator_runs == 1
     })
     .await;
@@ -235,10 +253,7 @@ async fn notifier_retries_through_transient_failures() {
         let (_, outcome) = client.append_block(block).await.unwrap();
         assert_eq!(outcome, NotifyOutcome::Queued);
     }
-    wait_until("the utxo tip", Duration::from_secs(5), || {
-        utxo_len(system.inner()) == 40
-    })
-    .await;
+    wait_until("the utxo tip", WAIT, || utxo_len(system.inner()) == 40).await;
     let stats = client.stats();
     assert!(stats.retries >= 4, "retries: {stats:?}");
     assert_eq!(stats.blocks_coordinator, 0, "{stats:?}");
@@ -273,16 +288,13 @@ async fn stall_then_recover_loses_and_doubles_nothing() {
     for block in &chain.blocks {
         client.append_block(block).await.unwrap();
     }
-    wait_until("the first blocks", Duration::from_secs(5), || {
-        utxo_len(system.inner()) == 20
-    })
-    .await;
+    wait_until("the first blocks", WAIT, || utxo_len(system.inner()) == 20).await;
     // The system stalls past the call timeout: calls time out, the breaker opens.
     system.stall(Some(Duration::from_millis(300)));
     for block in chain.extend(30) {
         client.append_block(&block).await.unwrap();
     }
-    wait_until("the breaker to open", Duration::from_secs(5), || {
+    wait_until("the breaker to open", WAIT, || {
         client.breaker_state() == BreakerState::Open
     })
     .await;
@@ -296,13 +308,13 @@ async fn stall_then_recover_loses_and_doubles_nothing() {
     for block in chain.extend(30) {
         client.append_block(&block).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    system.recover();
-    wait_until("the utxo tip", Duration::from_secs(10), || {
-        utxo_len(system.inner()) == 80
+    wait_until("a fault injected while recovering", WAIT, || {
+        system.n_injected() > 0
     })
     .await;
-    wait_until("the breaker to close", Duration::from_secs(5), || {
+    system.recover();
+    wait_until("the utxo tip", WAIT, || utxo_len(system.inner()) == 80).await;
+    wait_until("the breaker to close", WAIT, || {
         client.breaker_state() == BreakerState::Closed
     })
     .await;
@@ -330,11 +342,14 @@ async fn coordinator_fills_the_gap_of_dropped_notifications() {
     let config = ClientConfig {
         queue_capacity: 4,
         notify_timeout: Duration::from_millis(1),
+        // Calls stall well inside the timeout, so the batch processor is stuck on one call
+        // (no failures, no breaker) while the appends below fill the queue, even slow ones.
+        call_timeout: Duration::from_secs(30),
         ..config()
     };
     let client = UtxoClient::start(config, repository, system.clone()).unwrap();
-    // The system is down: the batch processor is stuck in retries, the queue fills.
-    system.stall(Some(Duration::from_millis(50)));
+    // The system hangs: the batch processor is stuck in a call, the queue fills.
+    system.stall(Some(Duration::from_secs(2)));
     let chain = Chain::new(60);
     let mut deferred = 0;
     for block in &chain.blocks {
@@ -344,10 +359,7 @@ async fn coordinator_fills_the_gap_of_dropped_notifications() {
     }
     assert!(deferred > 0, "the queue must have overflowed");
     system.recover();
-    wait_until("the utxo tip", Duration::from_secs(10), || {
-        utxo_len(system.inner()) == 60
-    })
-    .await;
+    wait_until("the utxo tip", WAIT, || utxo_len(system.inner()) == 60).await;
     let stats = client.stats();
     assert_eq!(stats.deferred, deferred);
     assert!(stats.blocks_coordinator > 0 || stats.blocks_notifier > 0);
@@ -388,13 +400,16 @@ async fn restart_replays_blocks_never_notified_into_the_store() {
     let store = ChainStore::open(&store_dir, params(), store_config).unwrap();
     let system = Arc::new(StoreSystem::new(store));
     let client = UtxoClient::start(config(), repository, system.clone()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + WAIT;
     loop {
         let status = client.get_sync_status().await.unwrap();
         if status.lag == 0 && status.stats.blocks_coordinator == 35 {
             break;
         }
-        assert!(Instant::now() < deadline, "gap not filled: {status:?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the coordinator to fill the gap: {status:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(client.stats().blocks_notifier, 0);
@@ -420,10 +435,7 @@ async fn reorg_in_the_repository_rolls_the_utxo_system_back() {
     for block in &chain.blocks {
         client.append_block(block).await.unwrap();
     }
-    wait_until("the utxo tip", Duration::from_secs(5), || {
-        utxo_len(system.inner()) == 30
-    })
-    .await;
+    wait_until("the utxo tip", WAIT, || utxo_len(system.inner()) == 30).await;
     // Replace the last 5 blocks with another branch of 8.
     repository.truncate_from(25).unwrap();
     for _ in 0..5 {
@@ -433,7 +445,7 @@ async fn reorg_in_the_repository_rolls_the_utxo_system_back() {
     for block in chain.extend(8) {
         client.append_block(&block).await.unwrap();
     }
-    wait_until("the new branch", Duration::from_secs(5), || {
+    wait_until("the new branch", WAIT, || {
         system
             .inner()
             .with_state(|state| state.tip().map(|tip| tip.hash))

@@ -93,7 +93,11 @@ test('kafkajs consumer group: exactly once when stable, rebalance on join/leave'
     const joinsBefore = members.map((m) => m.joins.length)
     const m3 = await member('m3', groupId, topic).start()
     members.push(m3)
-    await waitUntil(() => m3.assignment.length > 0 && balanced(members), 60000, '4 members balanced')
+    // The old members' assignments are stale until their own GROUP_JOIN arrives (and may
+    // already look balanced next to m3's), so wait for every rejoin too.
+    const rejoined = () => members.slice(0, 3).every((m, i) => m.joins.length > joinsBefore[i])
+    await waitUntil(() => m3.assignment.length > 0 && rejoined() && balanced(members), 60000,
+      '4 members rejoined and balanced')
     members.slice(0, 3).forEach((m, i) => assert.ok(m.joins.length > joinsBefore[i], `${m.name} did not rejoin`))
     const want2 = await produce(topic, 'p2', 400)
 

@@ -19,7 +19,7 @@ pub struct Hardhat {
 
 impl Hardhat {
     pub fn start() -> Result<Self, HarnessError> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/evm");
+        let dir = test_support::workspace_root().join("tests/evm");
         let cli = dir.join("node_modules/hardhat/internal/cli/bootstrap.js");
         let cli = if cli.exists() {
             cli

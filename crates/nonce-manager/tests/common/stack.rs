@@ -3,14 +3,16 @@
 //! on it and run on SQLite and on PostgreSQL.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use alloy_primitives::B256;
 
 use ledger_lease::{
     HolderId, LeaseGuard, LeaseManager, LeaseManagerConfig, LeaseStore, SystemClock,
 };
 use nonce_manager::allocator::{Allocator, AllocatorConfig};
 use nonce_manager::alloy_chain::AlloyChainClient;
-use nonce_manager::chain::ChainClient;
+use nonce_manager::chain::{ChainClient, ReceiptSummary};
 use nonce_manager::signer::LocalKey;
 use nonce_manager::signer_resource;
 use nonce_manager::store::NonceStore;
@@ -18,6 +20,9 @@ use nonce_manager::submit::Submitter;
 
 use super::anvil::DEV_KEY_0;
 use super::Backend;
+
+/// How long a stack helper waits for the chain before it gives up.
+const WAIT: Duration = Duration::from_secs(30);
 
 pub struct Stack {
     pub url: String,
@@ -87,6 +92,23 @@ impl Stack {
             key,
             clock,
             guard: Some(guard),
+        }
+    }
+
+    /// Polls until the node returns a receipt for `hash`: an automining node answers the
+    /// send before the block is written, and nothing orders its nonce count before its
+    /// receipts, so one read right after either can still miss it.
+    pub async fn receipt_eventually(&self, hash: B256, what: &str) -> ReceiptSummary {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(receipt) = self.chain.receipt(hash).await.unwrap() {
+                return receipt;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: receipt of {hash}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 

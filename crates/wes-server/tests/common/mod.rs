@@ -15,6 +15,9 @@ use wes_utxo::pb as model_pb;
 use wes_utxo::{ChainParams, UtxoState};
 use wes_utxo_client::{BreakerConfig, ClientConfig, RetryConfig};
 
+/// How long a test waits for the server's background work before it gives up.
+pub const WAIT: Duration = Duration::from_secs(30);
+
 pub fn config(dir: &Path, metrics: bool) -> ServerConfig {
     let mut config = ServerConfig::new(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
     if metrics {
@@ -46,7 +49,8 @@ pub fn config(dir: &Path, metrics: bool) -> ServerConfig {
         unhealthy_lag: 1_000,
         rollback_on_divergence: true,
     };
-    config.submit_timeout = Duration::from_secs(5);
+    // SubmitBlock waits this long for the applier (generous: CI machines are busy).
+    config.submit_timeout = WAIT;
     config
 }
 
@@ -110,8 +114,8 @@ pub async fn wait_synced(client: &mut Client, height: u64) -> pb::GetSyncStatusR
             return status;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "not synced to {height}: {status:?}"
+            started.elapsed() < WAIT,
+            "timed out waiting for the server to sync to {height}: {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
