@@ -183,15 +183,21 @@ pub async fn start_grpc(
         addr: config.listen,
         source,
     })?;
+    // Both reflection versions: grpcurl and grpcio-reflection still speak v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .map_err(|error| AxsError::Reflection(error.to_string()))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .map_err(|error| AxsError::Reflection(error.to_string()))?;
     let service = LedgerService::new(Arc::clone(&write), cache, clock, partitions);
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(reflection)
+            .add_service(reflection_alpha)
             .add_service(service.into_server())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = stopped.await;

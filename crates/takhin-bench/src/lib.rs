@@ -2,6 +2,9 @@
 //! librdkafka (the client most users run), so the figures are what a real client
 //! sees against any Kafka-protocol broker, ours or another. They print MB/s,
 //! records/s and, for produce, send-to-acknowledgement latency percentiles.
+//! `takhin bench axs` (module [`axs_bench`]) drives the AXS ledger end to end.
+
+pub mod axs_bench;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -46,18 +46,19 @@ enum Command {
     #[command(subcommand)]
     Nonce(nonce::NonceCommand),
     /// Measure a Kafka-protocol broker with librdkafka.
-    #[cfg(feature = "bench")]
     #[command(subcommand)]
     Bench(BenchCommand),
 }
 
-#[cfg(feature = "bench")]
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Produce records as fast as possible (or at --rate) and report throughput and latency.
     Produce(takhin_bench::ProduceArgs),
     /// Read records from the beginning and report throughput.
     Consume(takhin_bench::ConsumeArgs),
+    /// Drive the AXS ledger end to end (gRPC -> outbox -> broker -> consumer -> SQL),
+    /// beside the naive one-transaction-per-change baseline and the raw bulk-SQL rate.
+    Axs(takhin_bench::axs_bench::AxsBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,10 +79,9 @@ fn main() -> anyhow::Result<()> {
             let config = config::broker_config(&args)?;
             runtime.block_on(run_broker(config, exit_on_stdin_eof, "broker"))
         }
-        #[cfg(feature = "bench")]
         Command::Bench(BenchCommand::Produce(args)) => takhin_bench::produce(&args),
-        #[cfg(feature = "bench")]
         Command::Bench(BenchCommand::Consume(args)) => takhin_bench::consume(&args),
+        Command::Bench(BenchCommand::Axs(args)) => takhin_bench::axs_bench::run(&args),
         Command::Dev(args) => runtime.block_on(dev(args)),
         Command::Axs(command) => axs_cli::run(command, &runtime),
         Command::Utxo(command) => utxo::run(command, &runtime),

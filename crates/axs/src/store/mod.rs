@@ -85,6 +85,18 @@ pub trait LedgerStore: Send + Sync + fmt::Debug {
 
     /// Opens `account`; opening it again with the same settings returns it unchanged.
     async fn open_account(&self, account: &Account) -> Result<Account, StoreError>;
+    /// Opens many new accounts in one transaction (seeding, benchmarks); an account that
+    /// exists already is left as it is. Returns how many were created.
+    async fn open_accounts(&self, accounts: &[Account]) -> Result<usize, StoreError> {
+        let mut created = 0;
+        for account in accounts {
+            if self.account(&account.name).await?.is_none() {
+                self.open_account(account).await?;
+                created += 1;
+            }
+        }
+        Ok(created)
+    }
     async fn account(&self, name: &str) -> Result<Option<Account>, StoreError>;
     async fn accounts(&self, names: &[String]) -> Result<HashMap<String, Account>, StoreError>;
     async fn set_account_state(

@@ -223,6 +223,39 @@ impl LedgerStore for SqliteLedgerStore {
         self.leases.clone()
     }
 
+    async fn open_accounts(&self, accounts: &[Account]) -> Result<usize, StoreError> {
+        let mut created = 0;
+        for chunk in accounts.chunks(10_000) {
+            let rows: Vec<Value> = chunk
+                .iter()
+                .map(|a| {
+                    json!([
+                        a.name,
+                        assets_json(a),
+                        a.shard,
+                        a.state.code(),
+                        a.created_at_ms
+                    ])
+                })
+                .collect();
+            let mut tx = begin_immediate(&self.pool).await?;
+            created += sqlx::query(
+                "INSERT INTO axs_accounts (account, assets, shard, state, created_at_ms)
+                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+                        json_extract(value, '$[2]'), json_extract(value, '$[3]'),
+                        json_extract(value, '$[4]')
+                 FROM json_each(?1) WHERE true
+                 ON CONFLICT (account) DO NOTHING",
+            )
+            .bind(Value::Array(rows).to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as usize;
+            tx.commit().await?;
+        }
+        Ok(created)
+    }
+
     async fn open_account(&self, account: &Account) -> Result<Account, StoreError> {
         let mut tx = begin_immediate(&self.pool).await?;
         let existing = sqlx::query("SELECT * FROM axs_accounts WHERE account = ?1")
