@@ -2,7 +2,7 @@
 //! has committed in SQL, and every write carries the balance's version, so a write older
 //! than what the cache holds is refused. A stale leader resumed after a pause therefore can
 //! neither commit (the fence refuses it) nor overwrite a newer cached value (the version
-//! does). Reads that miss fall back to SQL. See docs/adr/0006-axs-cache-after-commit.md.
+//! does). Reads that miss fall back to SQL. See docs/adr/0003-axs-cache-after-commit.md.
 
 use std::collections::HashMap;
 use std::fmt;

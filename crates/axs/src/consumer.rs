@@ -350,7 +350,7 @@ async fn apply_batch(
     let plan = engine::plan(&mut snapshot, events, &expired, now);
     let next = read_to.unwrap_or(next_offset).max(next_offset);
     shared.store.apply(fence, partition, &plan, next).await?;
-    // Step 7, after the commit (ADR 0006): version-compared, so never newer than SQL's
+    // Step 7, after the commit (ADR 0003): version-compared, so never newer than SQL's
     // truth is overwritten by an older value.
     let balances: Vec<_> = plan
         .balances
