@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy_network::Ethereum;
-use alloy_primitives::{Address, Bytes, B256, U256};
+use alloy_primitives::{Address, Bytes, U256};
 use alloy_provider::{Provider, RootProvider};
 use nonce_manager::alloy_chain::AlloyChainClient;
-use nonce_manager::chain::{ChainClient, ReceiptSummary};
+use nonce_manager::chain::ChainClient;
 use nonce_manager::finality::{Finality, FinalityConfig, FinalityView};
 use nonce_manager::policy::{PolicyConfig, PolicyLoop, Resubmitted};
 use nonce_manager::submit::SubmitRequest;
@@ -130,22 +130,6 @@ impl Harness {
             .raw_request::<_, Value>(method.to_owned().into(), params)
             .await
             .unwrap_or_else(|error| panic!("{method}: {error}"))
-    }
-
-    /// Polls until the node returns a receipt for `hash`: a node under load may answer
-    /// the submit before the automined block is readable.
-    async fn receipt_eventually(&self, hash: B256, what: &str) -> ReceiptSummary {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(receipt) = self.chain.receipt(hash).await.unwrap() {
-                return receipt;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: receipt of {hash}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
     }
 
     /// Waits until `id` has `status`, calling `evm_mine` every `mine_every` when given.
