@@ -13,9 +13,10 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::bus::{ensure_topic, BusConfig, BusError, Publisher};
-use crate::cache::BalanceCache;
+use crate::cache::{BalanceCache, CacheError, MemoryCache, RedisCache};
 use crate::consumer::{self, ConsumerConfig, ConsumerHandle};
 use crate::grpc::LedgerService;
+use crate::store::postgres::PostgresLedgerStore;
 use crate::store::sqlite::SqliteLedgerStore;
 use crate::store::{LedgerStore, StoreError};
 use crate::validate::Limits;
@@ -34,6 +35,8 @@ pub enum AxsError {
     },
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     #[error("{0}")]
     Config(String),
 }
@@ -45,8 +48,14 @@ pub enum AxsError {
 pub struct AxsConfig {
     /// gRPC listener (role `grpc`).
     pub listen: SocketAddr,
-    /// The ledger database: a SQLite file path (or sqlite://PATH).
+    /// The ledger database: a SQLite file path (or sqlite://PATH), or a PostgreSQL URL
+    /// (postgres://user@host:port/db).
     pub database: String,
+    /// The shared balance cache, `redis://host:port/`; unset = an in-process cache (one
+    /// node only: another node's writes would not reach it).
+    pub redis_url: Option<String>,
+    /// Namespace of this ledger's keys in Redis.
+    pub cache_prefix: String,
     /// Kafka bootstrap servers of the ledger topic.
     pub kafka_bootstrap: String,
     pub topic: String,
@@ -70,6 +79,8 @@ impl Default for AxsConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50071)),
             database: "axs.sqlite".into(),
+            redis_url: None,
+            cache_prefix: "axs".into(),
             kafka_bootstrap: "127.0.0.1:9092".into(),
             topic: "axs.ledger".into(),
             partitions: 8,
@@ -115,12 +126,22 @@ pub async fn open_store(
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn LedgerStore>, AxsError> {
     if database.starts_with("postgres://") || database.starts_with("postgresql://") {
-        return Err(AxsError::Config(
-            "the PostgreSQL ledger store is not built yet; use a SQLite path".into(),
+        return Ok(Arc::new(
+            PostgresLedgerStore::connect(database, clock).await?,
         ));
     }
     let path = PathBuf::from(database.strip_prefix("sqlite://").unwrap_or(database));
     Ok(Arc::new(SqliteLedgerStore::open(&path, clock).await?))
+}
+
+/// Opens the balance cache `config` names: Redis when `redis_url` is set, else in-process.
+pub async fn open_cache(config: &AxsConfig) -> Result<Arc<dyn BalanceCache>, AxsError> {
+    Ok(
+        match config.redis_url.as_deref().filter(|url| !url.is_empty()) {
+            Some(url) => Arc::new(RedisCache::connect(url, &config.cache_prefix).await?),
+            None => Arc::new(MemoryCache::default()),
+        },
+    )
 }
 
 /// How long a role waits for the broker at start.

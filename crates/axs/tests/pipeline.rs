@@ -1,13 +1,15 @@
-//! The whole pipeline on the embedded defaults (built-in broker, SQLite, in-process cache):
-//! submit -> INIT -> topic -> fenced consumer -> SQL, checked by the invariant auditor.
+//! The whole pipeline, on the embedded defaults (built-in broker, SQLite, in-process cache)
+//! and on PostgreSQL + Redis: submit -> INIT -> topic -> fenced consumer -> SQL, checked by
+//! the invariant auditor.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::time::Duration;
 
-use axs::model::ChangeStatus;
+use axs::model::{ChangeKind, ChangeRequest, ChangeStatus};
 use axs::pb;
-use common::{audit, change, hold, settle, Stack};
+use common::{audit, change, hold, settle, Backend, Stack};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -15,9 +17,8 @@ fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_flow_from_submit_to_applied_balances_history_and_stream() {
-    let mut stack = Stack::start(4, 1).await;
+async fn changes_flow_from_submit_to_applied_balances_history_and_stream(backend: Backend) {
+    let mut stack = Stack::start_on(backend, 4, 1).await;
     for (i, name) in ["alice", "bob", "carol"].iter().enumerate() {
         stack.open(name, i as u32, 0).await;
     }
@@ -128,14 +129,13 @@ async fn changes_flow_from_submit_to_applied_balances_history_and_stream() {
         "nothing after the last cursor"
     );
 
-    let audit = audit(&stack.sqlite).await;
+    let audit = audit(&*stack.store).await;
     assert_eq!((audit.applied, audit.rejected), (52, 1));
     stack.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_key_same_payload_answers_again_and_a_different_payload_is_refused() {
-    let mut stack = Stack::start(2, 1).await;
+async fn same_key_same_payload_answers_again_and_a_different_payload_is_refused(backend: Backend) {
+    let mut stack = Stack::start_on(backend, 2, 1).await;
     stack.open("alice", 0, 0).await;
     let first = stack.submit(vec![change("k1", "alice", 7)]).await.unwrap();
     let again = stack.submit(vec![change("k1", "alice", 7)]).await.unwrap();
@@ -186,13 +186,12 @@ async fn same_key_same_payload_answers_again_and_a_different_payload_is_refused(
     assert!(late[0].duplicate);
     assert_eq!(late[0].status, pb::ChangeStatus::Applied as i32);
     assert_eq!(stack.balance("alice").await.balance, "12");
-    audit(&stack.sqlite).await;
+    audit(&*stack.store).await;
     stack.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_refused_per_change_and_nothing_is_written() {
-    let mut stack = Stack::start(2, 1).await;
+async fn bad_input_is_refused_per_change_and_nothing_is_written(backend: Backend) {
+    let mut stack = Stack::start_on(backend, 2, 1).await;
     stack.open("alice", 0, 0).await;
     let mut bad_meta = change("m", "alice", 1);
     bad_meta.metadata = "{not json".into();
@@ -295,9 +294,8 @@ async fn bad_input_is_refused_per_change_and_nothing_is_written() {
     stack.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holds_reserve_post_partly_void_and_time_out_against_concurrent_spending() {
-    let mut stack = Stack::start(2, 1).await;
+async fn holds_reserve_post_partly_void_and_time_out_against_concurrent_spending(backend: Backend) {
+    let mut stack = Stack::start_on(backend, 2, 1).await;
     stack.open("alice", 1, 0).await;
     stack
         .submit(vec![change("fund", "alice", 100)])
@@ -370,6 +368,92 @@ async fn holds_reserve_post_partly_void_and_time_out_against_concurrent_spending
         .unwrap();
     stack.wait_decided(&["h3".into(), "v3".into()]).await;
     assert_eq!(stack.balance("alice").await.available, "50");
-    audit(&stack.sqlite).await;
+    audit(&*stack.store).await;
     stack.shutdown().await;
 }
+
+/// A gRPC node that crashed between committing INIT rows and publishing them: the rows sit
+/// in the outbox with nothing on the topic. The relay must re-send them and the consumer
+/// apply each exactly once.
+async fn rows_a_crash_left_in_init_are_relayed_and_applied_once(backend: Backend) {
+    let mut stack = Stack::start_on(backend, 2, 1).await;
+    stack.open("crashy", 1, 0).await;
+    let orphans: Vec<(ChangeRequest, u32)> = (0..20)
+        .map(|i| {
+            let request = ChangeRequest {
+                key: format!("orphan-{i}"),
+                account: "crashy".into(),
+                asset: "USD".into(),
+                amount: 5,
+                kind: ChangeKind::Immediate,
+                pending_key: String::new(),
+                timeout_ms: 0,
+                metadata: String::new(),
+            };
+            (request, 1)
+        })
+        .collect();
+    let now = stack.clock.now().0;
+    stack.store.submit(&orphans, now).await.unwrap();
+    let keys: Vec<String> = orphans.iter().map(|(r, _)| r.key.clone()).collect();
+    stack.wait_decided(&keys).await;
+    let balance = stack.balance("crashy").await;
+    assert_eq!((balance.balance.as_str(), balance.version), ("100", 20));
+    let audit = audit(&*stack.store).await;
+    assert_eq!(audit.applied, 20);
+    stack.shutdown().await;
+}
+
+/// With the broker down nothing is published and the outbox fills; past its limit submits
+/// get RESOURCE_EXHAUSTED and write nothing. Once the broker is back the relay drains the
+/// outbox, every accepted change is applied once, and submits are taken again.
+async fn a_full_outbox_refuses_submits_until_the_broker_is_back(backend: Backend) {
+    let mut stack = Stack::start_with(backend, 2, 1, |config| config.backlog_limit = 10).await;
+    stack.open("busy", 0, 0).await;
+    stack.broker.stop().await;
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..40 {
+        let key = format!("busy-{i}");
+        match stack.submit(vec![change(&key, "busy", 1)]).await {
+            Ok(_) => accepted.push(key),
+            Err(status) => {
+                refused = Some((key, status));
+                break;
+            }
+        }
+    }
+    let (key, status) = refused.expect("the outbox limit refuses a submit");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("backlog"), "{status:?}");
+    assert!(stack.store.change(&key).await.unwrap().is_none());
+    assert!(accepted.len() > 10, "{} accepted", accepted.len());
+
+    stack.broker.restart().await;
+    stack.wait_decided(&accepted).await;
+    let balance = stack.balance("busy").await;
+    assert_eq!(balance.balance, accepted.len().to_string());
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        match stack.submit(vec![change("after", "busy", 1)]).await {
+            Ok(_) => break,
+            Err(status) => assert!(
+                std::time::Instant::now() < deadline,
+                "submits still refused after the outbox drained: {status:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack.wait_decided(&["after".to_owned()]).await;
+    audit(&*stack.store).await;
+    stack.shutdown().await;
+}
+
+on_both_backends!(
+    rows_a_crash_left_in_init_are_relayed_and_applied_once,
+    a_full_outbox_refuses_submits_until_the_broker_is_back,
+    changes_flow_from_submit_to_applied_balances_history_and_stream,
+    same_key_same_payload_answers_again_and_a_different_payload_is_refused,
+    bad_input_is_refused_per_change_and_nothing_is_written,
+    holds_reserve_post_partly_void_and_time_out_against_concurrent_spending,
+);

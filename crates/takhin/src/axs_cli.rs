@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use axs::cache::{BalanceCache, MemoryCache};
+use axs::cache::BalanceCache;
 use axs::AxsConfig;
 use clap::{Args, Subcommand};
 use figment::providers::{Env, Format, Serialized, Yaml};
@@ -33,11 +33,20 @@ pub struct AxsArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
-    /// Ledger database: a SQLite file path or sqlite://PATH [default: the user data
-    /// directory + /takhin/axs/axs.sqlite].
+    /// Ledger database: a SQLite file path or sqlite://PATH, or a PostgreSQL URL
+    /// postgres://USER@HOST:PORT/DB [default: the user data directory +
+    /// /takhin/axs/axs.sqlite].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+    /// Shared balance cache redis://HOST:PORT/ [default: in-process, one node only].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Key prefix of this ledger in Redis [default: axs].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_prefix: Option<String>,
     /// Kafka bootstrap servers of the ledger topic [default: 127.0.0.1:9092].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,12 +161,16 @@ pub fn run(command: AxsCommand, runtime: &tokio::runtime::Runtime) -> anyhow::Re
             axs::metrics::install(addr)
                 .map_err(|error| anyhow::anyhow!("metrics listener {addr}: {error}"))?;
         }
-        let running = start(&config, role, Arc::new(MemoryCache::default())).await?;
+        let cache = axs::node::open_cache(&config)
+            .await
+            .context("opening the balance cache")?;
+        let running = start(&config, role, cache).await?;
         println!(
-            "takhin axs {} {} database={} kafka={} topic={} metrics={}",
+            "takhin axs {} {} database={} cache={} kafka={} topic={} metrics={}",
             role.name(),
             running.describe(),
             config.database,
+            config.redis_url.as_deref().unwrap_or("in-process"),
             config.kafka_bootstrap,
             config.topic,
             metrics.map_or("off".to_owned(), |addr| format!("http://{addr}/metrics")),

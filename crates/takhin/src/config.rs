@@ -96,6 +96,14 @@ pub struct DevArgs {
     /// AXS ledger gRPC listener.
     #[arg(long, default_value = "127.0.0.1:50071")]
     pub axs_listen: SocketAddr,
+    /// AXS ledger database: a PostgreSQL URL switches from the SQLite file under the data
+    /// directory to PostgreSQL (also TAKHIN_AXS_DATABASE).
+    #[arg(long)]
+    pub axs_database: Option<String>,
+    /// AXS shared balance cache redis://HOST:PORT/ [default: in-process] (also
+    /// TAKHIN_AXS_REDIS_URL).
+    #[arg(long)]
+    pub axs_redis_url: Option<String>,
     /// Exit when standard input closes (for test harnesses).
     #[arg(long)]
     pub exit_on_stdin_eof: bool,

@@ -98,11 +98,14 @@ async fn dev(args: config::DevArgs) -> anyhow::Result<()> {
     let axs_args = axs_cli::AxsArgs {
         listen: Some(args.axs_listen),
         kafka_bootstrap: Some(broker.kafka_addr.to_string()),
+        database: args.axs_database.clone(),
+        redis_url: args.axs_redis_url.clone(),
         ..axs_cli::AxsArgs::default()
     };
     let axs_config = axs_cli::axs_config(&axs_args, Some(&root))?;
-    let cache: std::sync::Arc<dyn axs::cache::BalanceCache> =
-        std::sync::Arc::new(axs::cache::MemoryCache::default());
+    let cache = axs::node::open_cache(&axs_config)
+        .await
+        .context("opening the AXS balance cache")?;
     let ledger = axs_cli::start(&axs_config, axs_cli::Role::Grpc, cache.clone()).await?;
     let consumer_config = axs::AxsConfig {
         node_id: format!("{}-consumer", axs_config.node_id),
@@ -110,9 +113,10 @@ async fn dev(args: config::DevArgs) -> anyhow::Result<()> {
     };
     let consumer = axs_cli::start(&consumer_config, axs_cli::Role::Consumer, cache).await?;
     println!(
-        "  axs: {} (axs.v1.Ledger, reflection on) database={}",
+        "  axs: {} (axs.v1.Ledger, reflection on) database={} cache={}",
         ledger.describe(),
-        axs_config.database
+        axs_config.database,
+        axs_config.redis_url.as_deref().unwrap_or("in-process")
     );
     println!(
         "  try: kcat -b {} -L    grpcurl -plaintext {} list    (Ctrl-C stops; data is kept)",

@@ -1,5 +1,7 @@
 //! AXS exactly-once under process faults, with real processes: `takhin broker`, one
-//! `takhin axs grpc` and several `takhin axs consumer` members sharing a SQLite ledger.
+//! `takhin axs grpc` and several `takhin axs consumer` members sharing one ledger, on each
+//! backend: a SQLite file with in-process caches, and PostgreSQL with a shared Redis cache
+//! (where the paused leader's late cache writes must also be refused, by version).
 //! While a driver submits batches of random changes over 100 accounts (retrying a batch
 //! with the same keys when a call fails), the test
 //! 1. kills a consumer with SIGKILL, and starts a replacement;
@@ -22,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use axs::pb;
 use axs::pb::ledger_client::LedgerClient;
-use axs::store::sqlite::SqliteLedgerStore;
-use axs::store::LedgerStore;
 use ledger_lease::SystemClock;
+use test_support::postgres::PostgresServer;
+use test_support::redis::RedisServer;
 use tonic::transport::{Channel, Endpoint};
 
 const ACCOUNTS: u32 = 100;
@@ -114,25 +116,43 @@ impl Drop for Proc {
     }
 }
 
-fn consumer(dir: &Path, db: &str, kafka: &str, member: &str) -> Proc {
+/// The ledger's backend flags: `--database` and, for the shared cache, `--redis-url`.
+struct Ledger {
+    database: String,
+    redis_url: Option<String>,
+}
+
+impl Ledger {
+    fn args(&self) -> Vec<&str> {
+        let mut args = vec!["--database", self.database.as_str()];
+        if let Some(url) = &self.redis_url {
+            args.extend(["--redis-url", url.as_str()]);
+        }
+        args
+    }
+}
+
+fn consumer(dir: &Path, ledger: &Ledger, kafka: &str, member: &str) -> Proc {
+    let mut args = vec!["axs", "consumer"];
+    args.extend(ledger.args());
     Proc::spawn(
         member,
         dir,
         &[
-            "axs",
-            "consumer",
-            "--database",
-            db,
-            "--kafka-bootstrap",
-            kafka,
-            "--partitions",
-            PARTITIONS,
-            "--node-id",
-            member,
-            "--lease-ttl-ms",
-            &LEASE_TTL_MS.to_string(),
-            "--no-metrics",
-        ],
+            args.as_slice(),
+            &[
+                "--kafka-bootstrap",
+                kafka,
+                "--partitions",
+                PARTITIONS,
+                "--node-id",
+                member,
+                "--lease-ttl-ms",
+                &LEASE_TTL_MS.to_string(),
+                "--no-metrics",
+            ],
+        ]
+        .concat(),
     )
 }
 
@@ -236,8 +256,33 @@ async fn wait_accepted(count: &AtomicUsize, at_least: usize, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_once_through_kill_split_brain_and_broker_outage() {
+async fn sqlite_exactly_once_through_kill_split_brain_and_broker_outage() {
     let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger {
+        database: dir.path().join("axs.sqlite").display().to_string(),
+        redis_url: None,
+    };
+    exactly_once_through_faults(dir, ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_exactly_once_through_kill_split_brain_and_broker_outage() {
+    let test = "postgres_exactly_once_through_kill_split_brain_and_broker_outage";
+    let Some(postgres) = test_support::skip_unless_required(test, PostgresServer::start()) else {
+        return;
+    };
+    let Some(redis) = test_support::skip_unless_required(test, RedisServer::start()) else {
+        return;
+    };
+    let ledger = Ledger {
+        database: postgres.url().to_owned(),
+        redis_url: Some(redis.url().to_owned()),
+    };
+    exactly_once_through_faults(tempfile::tempdir().unwrap(), ledger).await;
+    drop((postgres, redis));
+}
+
+async fn exactly_once_through_faults(dir: tempfile::TempDir, ledger_db: Ledger) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -245,31 +290,25 @@ async fn exactly_once_through_kill_split_brain_and_broker_outage() {
         .port();
     let kafka = format!("127.0.0.1:{port}");
     let mut broker_proc = broker(dir.path(), &kafka);
-    let db_path = dir.path().join("axs.sqlite");
-    let db = db_path.to_str().unwrap().to_owned();
-    let grpc = Proc::spawn(
-        "grpc",
-        dir.path(),
-        &[
-            "axs",
-            "grpc",
-            "--database",
-            &db,
-            "--kafka-bootstrap",
-            &kafka,
-            "--partitions",
-            PARTITIONS,
-            "--listen",
-            "127.0.0.1:0",
-            "--node-id",
-            "grpc-1",
-            "--lease-ttl-ms",
-            &LEASE_TTL_MS.to_string(),
-            "--relay-after-ms",
-            "1000",
-            "--no-metrics",
-        ],
-    );
+    let mut grpc_args = vec!["axs", "grpc"];
+    grpc_args.extend(ledger_db.args());
+    let lease_ttl = LEASE_TTL_MS.to_string();
+    grpc_args.extend([
+        "--kafka-bootstrap",
+        &kafka,
+        "--partitions",
+        PARTITIONS,
+        "--listen",
+        "127.0.0.1:0",
+        "--node-id",
+        "grpc-1",
+        "--lease-ttl-ms",
+        &lease_ttl,
+        "--relay-after-ms",
+        "1000",
+        "--no-metrics",
+    ]);
+    let grpc = Proc::spawn("grpc", dir.path(), &grpc_args);
     let addr = grpc.field("grpc=");
     let mut ledger = client(&addr);
     for i in 0..ACCOUNTS {
@@ -289,8 +328,8 @@ async fn exactly_once_through_kill_split_brain_and_broker_outage() {
             .await
             .unwrap();
     }
-    let c1 = consumer(dir.path(), &db, &kafka, "c1");
-    let c2 = consumer(dir.path(), &db, &kafka, "c2");
+    let c1 = consumer(dir.path(), &ledger_db, &kafka, "c1");
+    let c2 = consumer(dir.path(), &ledger_db, &kafka, "c2");
 
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -304,14 +343,14 @@ async fn exactly_once_through_kill_split_brain_and_broker_outage() {
             ))
         })
         .collect();
-    let store = SqliteLedgerStore::open(&db_path, Arc::new(SystemClock))
+    let store = axs::node::open_store(&ledger_db.database, Arc::new(SystemClock))
         .await
         .unwrap();
 
     // 1. SIGKILL a consumer while batches flow; a replacement joins.
     wait_accepted(&accepted, 1_000, "before the kill").await;
     c1.kill9();
-    let c3 = consumer(dir.path(), &db, &kafka, "c3");
+    let c3 = consumer(dir.path(), &ledger_db, &kafka, "c3");
     wait_accepted(&accepted, 2_000, "after the kill").await;
 
     // 2. Split brain: c2 paused past its lease TTL; its partitions move to c3; it resumes.
@@ -356,7 +395,7 @@ async fn exactly_once_through_kill_split_brain_and_broker_outage() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let audit = store.audit().await.unwrap();
+    let audit = axs::store::audit::audit(&*store).await.unwrap();
     assert!(
         audit.violations.is_empty(),
         "ledger invariants broken:\n{}",

@@ -1,9 +1,12 @@
 //! Where the ledger's truth lives: accounts, the change rows (outbox and idempotency record
 //! in one), balances, history, holds and each partition's consumed offset. One trait, two
-//! engines: SQLite embedded ([`sqlite`]) and PostgreSQL for scale-out (later slice). The
+//! engines: SQLite embedded ([`sqlite`]) and PostgreSQL for scale-out ([`postgres`]). The
 //! lease rows that fence the consumers live in the same database, so a batch's writes and
 //! its fence check commit in one transaction.
 
+pub mod audit;
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -175,4 +178,8 @@ pub trait LedgerStore: Send + Sync + fmt::Debug {
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError>;
     async fn leave(&self, member: &str) -> Result<(), StoreError>;
+
+    /// Every row the invariant auditor reads ([`audit::audit`]). Reads the whole ledger:
+    /// for tests, fault drills and offline checks, not for a serving path.
+    async fn dump(&self) -> Result<audit::Dump, StoreError>;
 }

@@ -3,7 +3,7 @@
 //! Rust with checked `i128`. Bulk statements take their rows as one JSON array bound to
 //! `json_each`, so a batch of a thousand rows is one statement, not a thousand.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,14 +11,18 @@ use async_trait::async_trait;
 use ledger_lease::sqlite::{begin_immediate, connect_options, fence};
 use ledger_lease::{Clock, LeaseStore};
 use serde_json::{json, Value};
-use sqlx::sqlite::{SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
+use super::audit::Dump;
+use super::rows::{
+    account_from_row, amount, assets_json, balance_from_row, balance_with_key, change_from_row,
+    change_status_from_row, history_from_row, history_page, hold_from_row, i64_of, Wanted,
+};
 use super::{Fence, HistoryPage, HistoryQuery, LedgerStore, StoreError, Submitted};
 use crate::engine::{Plan, Positioned, Snapshot};
 use crate::model::{
-    parse_amount, Account, AccountState, Amount, Balance, BalanceState, ChangeKind, ChangeRecord,
-    ChangeRequest, ChangeStatus, HistoryEntry, Hold,
+    Account, AccountState, Balance, BalanceState, ChangeRecord, ChangeRequest, ChangeStatus,
 };
 
 const SCHEMA: [&str; 9] = [
@@ -119,102 +123,6 @@ impl SqliteLedgerStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
-}
-
-fn amount(row: &SqliteRow, column: &str) -> Result<Amount, StoreError> {
-    let text: String = row.try_get(column)?;
-    parse_amount(&text).ok_or_else(|| StoreError::Corrupt(format!("{column} = {text:?}")))
-}
-
-fn account_from_row(row: &SqliteRow) -> Result<Account, StoreError> {
-    let assets_json: String = row.try_get("assets")?;
-    let raw: BTreeMap<String, String> = serde_json::from_str(&assets_json)
-        .map_err(|error| StoreError::Corrupt(format!("assets {assets_json:?}: {error}")))?;
-    let mut assets = BTreeMap::new();
-    for (asset, limit) in raw {
-        let limit = parse_amount(&limit)
-            .ok_or_else(|| StoreError::Corrupt(format!("overdraft limit {limit:?}")))?;
-        assets.insert(asset, limit);
-    }
-    let state: i64 = row.try_get("state")?;
-    Ok(Account {
-        name: row.try_get("account")?,
-        assets,
-        shard: u32::try_from(row.try_get::<i64, _>("shard")?)
-            .map_err(|_| StoreError::Corrupt("shard".into()))?,
-        state: AccountState::from_code(state)
-            .ok_or_else(|| StoreError::Corrupt(format!("account state {state}")))?,
-        created_at_ms: row.try_get("created_at_ms")?,
-    })
-}
-
-fn assets_json(account: &Account) -> String {
-    let map: BTreeMap<&String, String> = account
-        .assets
-        .iter()
-        .map(|(asset, limit)| (asset, limit.to_string()))
-        .collect();
-    serde_json::to_string(&map).unwrap_or_default()
-}
-
-fn change_from_row(row: &SqliteRow) -> Result<ChangeRecord, StoreError> {
-    let kind: i64 = row.try_get("kind")?;
-    let status: i64 = row.try_get("status")?;
-    let partition: Option<i64> = row.try_get("partition")?;
-    let offset: Option<i64> = row.try_get("offset")?;
-    Ok(ChangeRecord {
-        request: ChangeRequest {
-            key: row.try_get("key")?,
-            account: row.try_get("account")?,
-            asset: row.try_get("asset")?,
-            amount: amount(row, "amount")?,
-            kind: ChangeKind::from_code(kind)
-                .ok_or_else(|| StoreError::Corrupt(format!("change kind {kind}")))?,
-            pending_key: row.try_get("pending_key")?,
-            timeout_ms: u64::try_from(row.try_get::<i64, _>("timeout_ms")?).unwrap_or(0),
-            metadata: row.try_get("metadata")?,
-        },
-        shard: u32::try_from(row.try_get::<i64, _>("shard")?).unwrap_or(0),
-        status: ChangeStatus::from_code(status)
-            .ok_or_else(|| StoreError::Corrupt(format!("change status {status}")))?,
-        reason: row.try_get("reason")?,
-        position: match (partition, offset) {
-            (Some(p), Some(o)) => Some((i32::try_from(p).unwrap_or(-1), o)),
-            _ => None,
-        },
-        created_at_ms: row.try_get("created_at_ms")?,
-        applied_at_ms: row.try_get("applied_at_ms")?,
-    })
-}
-
-fn balance_from_row(row: &SqliteRow) -> Result<BalanceState, StoreError> {
-    Ok(BalanceState {
-        balance: amount(row, "balance")?,
-        pending_debit: amount(row, "pending_debit")?,
-        pending_credit: amount(row, "pending_credit")?,
-        version: u64::try_from(row.try_get::<i64, _>("version")?).unwrap_or(0),
-    })
-}
-
-fn history_from_row(row: &SqliteRow) -> Result<HistoryEntry, StoreError> {
-    let kind: i64 = row.try_get("kind")?;
-    Ok(HistoryEntry {
-        account: row.try_get("account")?,
-        asset: row.try_get("asset")?,
-        version: u64::try_from(row.try_get::<i64, _>("version")?).unwrap_or(0),
-        key: row.try_get("key")?,
-        kind: ChangeKind::from_code(kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("history kind {kind}")))?,
-        balance_delta: amount(row, "balance_delta")?,
-        pending_debit_delta: amount(row, "pending_debit_delta")?,
-        pending_credit_delta: amount(row, "pending_credit_delta")?,
-        balance_after: amount(row, "balance_after")?,
-        applied_at_ms: row.try_get("applied_at_ms")?,
-    })
-}
-
-fn i64_of(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 #[async_trait]
@@ -492,15 +400,7 @@ impl LedgerStore for SqliteLedgerStore {
             .bind(account)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Balance {
-                    account: row.try_get("account")?,
-                    asset: row.try_get("asset")?,
-                    state: balance_from_row(row)?,
-                })
-            })
-            .collect()
+        rows.iter().map(balance_with_key).collect()
     }
 
     async fn history(&self, query: &HistoryQuery<'_>) -> Result<HistoryPage, StoreError> {
@@ -518,17 +418,7 @@ impl LedgerStore for SqliteLedgerStore {
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let more = rows.len() > limit as usize;
-        let mut entries = Vec::with_capacity(rows.len().min(limit as usize));
-        let mut last_seq = None;
-        for row in rows.iter().take(limit as usize) {
-            entries.push(history_from_row(row)?);
-            last_seq = Some(row.try_get::<i64, _>("seq")?);
-        }
-        Ok(HistoryPage {
-            entries,
-            next_seq: if more { last_seq } else { None },
-        })
+        history_page(&rows, limit)
     }
 
     async fn balance_as_of(
@@ -576,45 +466,33 @@ impl LedgerStore for SqliteLedgerStore {
         .bind(now_ms)
         .fetch_all(&mut *conn)
         .await?;
+        let expired_holds = expired_rows
+            .iter()
+            .map(hold_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let wanted = Wanted::of(events, &expired_holds);
         let mut snapshot = Snapshot::default();
-        let mut expired = Vec::new();
-        let mut names: HashSet<&str> = HashSet::new();
-        let mut pairs: HashSet<(String, String)> = HashSet::new();
-        let mut hold_keys: Vec<&str> = Vec::new();
-        let mut keys: Vec<&str> = Vec::with_capacity(events.len());
-        for row in &expired_rows {
-            let hold = hold_from_row(row)?;
-            pairs.insert((hold.account.clone(), hold.asset.clone()));
-            expired.push(hold.key.clone());
+        let expired = expired_holds.iter().map(|h| h.key.clone()).collect();
+        for hold in expired_holds {
             snapshot.holds.insert(hold.key.clone(), hold);
-        }
-        for positioned in events {
-            let request = &positioned.event.request;
-            names.insert(&request.account);
-            pairs.insert((request.account.clone(), request.asset.clone()));
-            keys.push(&request.key);
-            if !request.pending_key.is_empty() {
-                hold_keys.push(&request.pending_key);
-            }
         }
         let account_rows = sqlx::query(
             "SELECT * FROM axs_accounts WHERE account IN (SELECT value FROM json_each(?1))",
         )
-        .bind(json!(names).to_string())
+        .bind(json!(wanted.names).to_string())
         .fetch_all(&mut *conn)
         .await?;
         for row in &account_rows {
             let account = account_from_row(row)?;
             snapshot.accounts.insert(account.name.clone(), account);
         }
-        let pair_list: Vec<[&String; 2]> = pairs.iter().map(|(a, b)| [a, b]).collect();
         let balance_rows = sqlx::query(
             "SELECT b.* FROM axs_balances AS b
              JOIN (SELECT json_extract(value, '$[0]') AS account,
                           json_extract(value, '$[1]') AS asset FROM json_each(?1)) AS p
                ON b.account = p.account AND b.asset = p.asset",
         )
-        .bind(json!(pair_list).to_string())
+        .bind(json!(wanted.pairs).to_string())
         .fetch_all(&mut *conn)
         .await?;
         for row in &balance_rows {
@@ -623,11 +501,11 @@ impl LedgerStore for SqliteLedgerStore {
                 balance_from_row(row)?,
             );
         }
-        if !hold_keys.is_empty() {
+        if !wanted.hold_keys.is_empty() {
             let rows = sqlx::query(
                 "SELECT * FROM axs_holds WHERE key IN (SELECT value FROM json_each(?1))",
             )
-            .bind(json!(hold_keys).to_string())
+            .bind(json!(wanted.hold_keys).to_string())
             .fetch_all(&mut *conn)
             .await?;
             for row in &rows {
@@ -639,7 +517,7 @@ impl LedgerStore for SqliteLedgerStore {
             "SELECT key FROM axs_changes
              WHERE key IN (SELECT value FROM json_each(?1)) AND status IN (3, 4)",
         )
-        .bind(json!(keys).to_string())
+        .bind(json!(wanted.keys).to_string())
         .fetch_all(&mut *conn)
         .await?;
         snapshot.done = done.into_iter().collect();
@@ -859,138 +737,33 @@ impl LedgerStore for SqliteLedgerStore {
             .await?;
         Ok(())
     }
-}
 
-fn hold_from_row(row: &SqliteRow) -> Result<Hold, StoreError> {
-    Ok(Hold {
-        key: row.try_get("key")?,
-        account: row.try_get("account")?,
-        asset: row.try_get("asset")?,
-        amount: amount(row, "amount")?,
-        expires_at_ms: row.try_get("expires_at_ms")?,
-    })
-}
-
-/// What [`SqliteLedgerStore::audit`] found.
-#[derive(Debug, Default)]
-pub struct Audit {
-    pub balances: usize,
-    pub applied: usize,
-    pub rejected: usize,
-    pub undecided: usize,
-    /// Each broken invariant, described; empty when the ledger is sound.
-    pub violations: Vec<String>,
-}
-
-impl SqliteLedgerStore {
-    /// Checks the ledger's invariants straight from its tables:
-    /// - every balance equals the sum of its history's deltas, its version their count,
-    ///   and each entry's `balance_after` the running sum;
-    /// - replaying each history never takes the available balance below the overdraft
-    ///   limit on a debit;
-    /// - every applied change appears exactly once in history (a hold's expiry is a second
-    ///   entry under the hold's key), a rejected or undecided one never.
-    pub async fn audit(&self) -> Result<Audit, StoreError> {
-        let mut audit = Audit::default();
-        let mut limits: HashMap<(String, String), Amount> = HashMap::new();
-        for row in sqlx::query("SELECT * FROM axs_accounts")
+    async fn dump(&self) -> Result<Dump, StoreError> {
+        let mut dump = Dump::default();
+        for row in sqlx::query("SELECT * FROM axs_accounts ORDER BY account")
             .fetch_all(&self.pool)
             .await?
         {
-            let account = account_from_row(&row)?;
-            for (asset, limit) in &account.assets {
-                limits.insert((account.name.clone(), asset.clone()), *limit);
-            }
+            dump.accounts.push(account_from_row(&row)?);
         }
-        let kinds: HashMap<String, (ChangeStatus, ChangeKind)> =
-            sqlx::query("SELECT key, status, kind FROM axs_changes")
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|row| {
-                    let status = ChangeStatus::from_code(row.try_get("status")?)
-                        .ok_or_else(|| StoreError::Corrupt("status".into()))?;
-                    let kind = ChangeKind::from_code(row.try_get("kind")?)
-                        .ok_or_else(|| StoreError::Corrupt("kind".into()))?;
-                    Ok((row.try_get("key")?, (status, kind)))
-                })
-                .collect::<Result<_, StoreError>>()?;
-        // (balance, pending_debit, entries) per (account, asset), replayed in version order.
-        let mut sums: HashMap<(String, String), (Amount, Amount, u64)> = HashMap::new();
-        let mut per_key: HashMap<String, usize> = HashMap::new();
-        let history = sqlx::query("SELECT * FROM axs_history ORDER BY account, asset, version")
+        for row in sqlx::query("SELECT key, status, kind FROM axs_changes")
             .fetch_all(&self.pool)
-            .await?;
-        for row in &history {
-            let entry = history_from_row(row)?;
-            let key = (entry.account.clone(), entry.asset.clone());
-            let sum = sums.entry(key.clone()).or_default();
-            let before = sum.0 - sum.1;
-            sum.0 += entry.balance_delta;
-            sum.1 += entry.pending_debit_delta;
-            sum.2 += 1;
-            if sum.0 != entry.balance_after {
-                audit.violations.push(format!(
-                    "{key:?} v{}: balance_after {} but the deltas sum to {}",
-                    entry.version, entry.balance_after, sum.0
-                ));
-            }
-            if sum.2 != entry.version {
-                audit.violations.push(format!(
-                    "{key:?}: entry {} has version {}",
-                    sum.2, entry.version
-                ));
-            }
-            let available = sum.0 - sum.1;
-            let limit = limits.get(&key).copied().unwrap_or(0);
-            if available < before && available < -limit {
-                audit.violations.push(format!(
-                    "{key:?} v{}: available {available} is below the overdraft limit -{limit}",
-                    entry.version
-                ));
-            }
-            let expiry = entry.kind == ChangeKind::VoidPending
-                && kinds.get(&entry.key).map(|k| k.1) == Some(ChangeKind::Pending);
-            if !expiry {
-                *per_key.entry(entry.key).or_default() += 1;
-            }
+            .await?
+        {
+            dump.changes.push(change_status_from_row(&row)?);
         }
-        let balances = sqlx::query("SELECT * FROM axs_balances")
+        for row in sqlx::query("SELECT * FROM axs_history ORDER BY account, asset, version")
             .fetch_all(&self.pool)
-            .await?;
-        audit.balances = balances.len();
-        for row in &balances {
-            let key: (String, String) = (row.try_get("account")?, row.try_get("asset")?);
-            let state = balance_from_row(row)?;
-            let (sum, pending, count) = sums.get(&key).copied().unwrap_or_default();
-            if state.balance != sum || state.version != count || state.pending_debit != pending {
-                audit.violations.push(format!(
-                    "{key:?}: row {state:?} but history gives balance {sum}, pending debit {pending}, {count} entries"
-                ));
-            }
+            .await?
+        {
+            dump.history.push(history_from_row(&row)?);
         }
-        for (key, (status, _)) in &kinds {
-            let seen = per_key.get(key).copied().unwrap_or(0);
-            let expected = match status {
-                ChangeStatus::Applied => {
-                    audit.applied += 1;
-                    1
-                }
-                ChangeStatus::Rejected => {
-                    audit.rejected += 1;
-                    0
-                }
-                ChangeStatus::Init | ChangeStatus::Published => {
-                    audit.undecided += 1;
-                    0
-                }
-            };
-            if seen != expected {
-                audit.violations.push(format!(
-                    "change {key} ({status:?}) is in history {seen} times"
-                ));
-            }
+        for row in sqlx::query("SELECT * FROM axs_balances ORDER BY account, asset")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            dump.balances.push(balance_with_key(&row)?);
         }
-        Ok(audit)
+        Ok(dump)
     }
 }

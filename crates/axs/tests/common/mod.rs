@@ -1,5 +1,6 @@
-//! A whole AXS stack in one test process: the built-in Takhin broker on loopback, a SQLite
-//! ledger, the in-process cache, the gRPC role and consumer members, and a tonic client.
+//! A whole AXS stack in one test process: the built-in Takhin broker on loopback, the ledger
+//! on one of two backends (SQLite + the in-process cache, or PostgreSQL + Redis started on
+//! loopback by the harness), the gRPC role and consumer members, and a tonic client.
 #![allow(clippy::unwrap_used, dead_code)]
 
 use std::net::SocketAddr;
@@ -7,16 +8,85 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axs::cache::{BalanceCache, MemoryCache};
+use axs::cache::BalanceCache;
 use axs::consumer::ConsumerHandle;
 use axs::node::{self, AxsConfig, GrpcNode};
 use axs::pb;
 use axs::pb::ledger_client::LedgerClient;
-use axs::store::sqlite::SqliteLedgerStore;
 use axs::store::LedgerStore;
 use ledger_lease::{Clock, SystemClock};
 use takhin_broker::BrokerConfig;
+use test_support::postgres::PostgresServer;
+use test_support::redis::RedisServer;
 use tonic::transport::Channel;
+
+/// Where the ledger lives.
+#[allow(clippy::large_enum_variant)] // one per test; never moved in a hot path
+pub enum Backend {
+    /// The embedded defaults: a SQLite file in the stack's directory, the in-process cache.
+    Sqlite,
+    /// Scale-out: PostgreSQL and Redis, each a fresh server on loopback.
+    Postgres {
+        postgres: PostgresServer,
+        redis: RedisServer,
+    },
+}
+
+impl Backend {
+    /// `None` (skip) when PostgreSQL or Redis is not installed, unless
+    /// TAKHIN_REQUIRE_ALL_CLIENTS=1.
+    pub fn postgres(test: &str) -> Option<Self> {
+        let postgres = test_support::skip_unless_required(test, PostgresServer::start())?;
+        let redis = test_support::skip_unless_required(test, RedisServer::start())?;
+        Some(Self::Postgres { postgres, redis })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres { .. } => "postgres",
+        }
+    }
+
+    /// (database, redis_url) for a stack whose files live in `dir`.
+    fn urls(&self, dir: &std::path::Path) -> (String, Option<String>) {
+        match self {
+            Self::Sqlite => (dir.join("axs.sqlite").display().to_string(), None),
+            Self::Postgres { postgres, redis } => {
+                (postgres.url().to_owned(), Some(redis.url().to_owned()))
+            }
+        }
+    }
+}
+
+/// Generates, for test functions `async fn case(backend: Backend)` at the test crate's root,
+/// `sqlite::case` and `postgres::case` (skipped when PostgreSQL or Redis is not installed,
+/// unless TAKHIN_REQUIRE_ALL_CLIENTS=1).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($crate::common::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(backend) = $crate::common::Backend::postgres(stringify!($case))
+                    else {
+                        return;
+                    };
+                    super::$case(backend).await;
+                }
+            )*
+        }
+    };
+}
 
 /// How long any wait on the pipeline may take before the test fails, naming what it waited
 /// for. Generous: CI runs this on two loaded cores.
@@ -86,8 +156,9 @@ pub struct Stack {
     pub dir: tempfile::TempDir,
     pub broker: Broker,
     pub store: Arc<dyn LedgerStore>,
-    pub sqlite: SqliteLedgerStore,
-    pub cache: Arc<MemoryCache>,
+    pub cache: Arc<dyn BalanceCache>,
+    /// Kept for the servers' lifetime (dropping it stops PostgreSQL and Redis).
+    pub backend: Backend,
     pub clock: Arc<dyn Clock>,
     pub config: AxsConfig,
     pub grpc: Option<GrpcNode>,
@@ -109,26 +180,41 @@ pub fn config(bootstrap: String, database: String, partitions: i32) -> AxsConfig
 }
 
 impl Stack {
-    /// Broker, store, gRPC role and `consumers` consumer members over `partitions`.
+    /// Broker, store, gRPC role and `consumers` consumer members over `partitions`, on the
+    /// embedded defaults.
     pub async fn start(partitions: i32, consumers: usize) -> Self {
+        Self::start_on(Backend::Sqlite, partitions, consumers).await
+    }
+
+    /// The same on `backend`; store and cache are opened as the binary opens them.
+    pub async fn start_on(backend: Backend, partitions: i32, consumers: usize) -> Self {
+        Self::start_with(backend, partitions, consumers, |_| {}).await
+    }
+
+    /// The same with `tweak` applied to the test config first.
+    pub async fn start_with(
+        backend: Backend,
+        partitions: i32,
+        consumers: usize,
+        tweak: impl FnOnce(&mut AxsConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let broker = Broker::start(dir.path().join("broker"), ([127, 0, 0, 1], 0).into()).await;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let database = dir.path().join("axs.sqlite");
-        let sqlite = SqliteLedgerStore::open(&database, Arc::clone(&clock))
+        let (database, redis_url) = backend.urls(dir.path());
+        let mut config = AxsConfig {
+            redis_url,
+            ..config(broker.addr.to_string(), database, partitions)
+        };
+        tweak(&mut config);
+        let store = node::open_store(&config.database, Arc::clone(&clock))
             .await
-            .unwrap();
-        let store: Arc<dyn LedgerStore> = Arc::new(sqlite.clone());
-        let cache = Arc::new(MemoryCache::default());
-        let config = config(
-            broker.addr.to_string(),
-            database.display().to_string(),
-            partitions,
-        );
+            .expect("the ledger store opens");
+        let cache = node::open_cache(&config).await.expect("the cache opens");
         let grpc = node::start_grpc(
             &config,
             Arc::clone(&store),
-            cache.clone() as Arc<dyn BalanceCache>,
+            Arc::clone(&cache),
             Arc::clone(&clock),
         )
         .await
@@ -138,8 +224,8 @@ impl Stack {
             dir,
             broker,
             store,
-            sqlite,
             cache,
+            backend,
             clock,
             config,
             grpc: Some(grpc),
@@ -160,7 +246,7 @@ impl Stack {
         let handle = node::start_consumer(
             &config,
             Arc::clone(&self.store),
-            self.cache.clone() as Arc<dyn BalanceCache>,
+            Arc::clone(&self.cache),
             Arc::clone(&self.clock),
         )
         .await
@@ -287,8 +373,10 @@ pub fn settle(key: &str, account: &str, pending: &str, amount: Option<i128>) -> 
 }
 
 /// Runs the invariant checker and fails the test on any violation.
-pub async fn audit(store: &SqliteLedgerStore) -> axs::store::sqlite::Audit {
-    let audit = store.audit().await.expect("audit reads the ledger");
+pub async fn audit(store: &dyn LedgerStore) -> axs::store::audit::Audit {
+    let audit = axs::store::audit::audit(store)
+        .await
+        .expect("audit reads the ledger");
     assert!(
         audit.violations.is_empty(),
         "ledger invariants broken:\n{}",
