@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS: &str = "takhin_requests_total";
 pub const REQUEST_DURATION: &str = "takhin_request_duration_seconds";
@@ -20,12 +20,8 @@ pub const GROUP_LAG: &str = "takhin_consumer_group_lag";
 pub const RETENTION_DELETED: &str = "takhin_retention_segments_deleted_total";
 pub const COMPACTION_REMOVED: &str = "takhin_compaction_records_removed_total";
 
-/// Installs the global recorder and serves `/metrics` on `listen`. Must be called
-/// inside a tokio runtime. Installing twice (as tests that start several brokers
-/// in one process do) keeps the first recorder.
-pub fn install(listen: SocketAddr) -> Result<(), String> {
+fn builder() -> Result<PrometheusBuilder, String> {
     PrometheusBuilder::new()
-        .with_http_listener(listen)
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(REQUEST_DURATION.to_owned()),
             &[
@@ -33,7 +29,30 @@ pub fn install(listen: SocketAddr) -> Result<(), String> {
                 1.0, 2.5, 5.0, 10.0,
             ],
         )
-        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())
+}
+
+/// Installs the global recorder and serves `/metrics` on `listen`. Must be called
+/// inside a tokio runtime. Installing twice (as tests that start several brokers
+/// in one process do) keeps the first recorder.
+pub fn install(listen: SocketAddr) -> Result<(), String> {
+    builder()?
+        .with_http_listener(listen)
         .install()
         .map_err(|error| error.to_string())
+}
+
+static RECORDER: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+
+/// Installs the global recorder without a listener and returns the handle that renders
+/// it (the Admin API serves `/metrics` with it). Later calls return the same handle;
+/// `Err` when another recorder was installed in this process first.
+pub fn recorder() -> Result<PrometheusHandle, String> {
+    if let Some(handle) = RECORDER.get() {
+        return Ok(handle.clone());
+    }
+    let handle = builder()?
+        .install_recorder()
+        .map_err(|error| error.to_string())?;
+    Ok(RECORDER.get_or_init(|| handle).clone())
 }

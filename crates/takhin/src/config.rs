@@ -31,7 +31,8 @@ pub struct BrokerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertised_kafka: Option<String>,
-    /// Prometheus /metrics listener [default: 127.0.0.1:9644].
+    /// A separate Prometheus /metrics listener; by default the Admin API serves /metrics
+    /// on its own listener (127.0.0.1:9644) [default: 127.0.0.1:9644].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
@@ -71,10 +72,65 @@ pub struct BrokerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_bytes: Option<usize>,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub http: HttpArgs,
     /// Exit when standard input closes (for test harnesses).
     #[arg(long)]
     #[serde(skip)]
     pub exit_on_stdin_eof: bool,
+}
+
+/// A listener address, or `none` to turn the listener off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.eq_ignore_ascii_case("none") || text.eq_ignore_ascii_case("off") {
+            return Ok(Listen(None));
+        }
+        text.parse()
+            .map(|addr| Listen(Some(addr)))
+            .map_err(|error| format!("{text:?} is neither HOST:PORT nor none: {error}"))
+    }
+}
+
+/// The HTTP surfaces' listeners, shared by `takhin broker` and `takhin dev`.
+#[derive(Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Schema Registry (Confluent API) listener, or none.
+    #[arg(
+        long,
+        env = "TAKHIN_SCHEMA_REGISTRY_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub schema_registry_listen: Listen,
+    /// Admin API listener (also serves /metrics), or none.
+    #[arg(long, env = "TAKHIN_ADMIN_LISTEN", default_value = "127.0.0.1:9644")]
+    pub admin_listen: Listen,
+}
+
+impl Default for HttpArgs {
+    fn default() -> Self {
+        Self {
+            schema_registry_listen: Listen(Some(SocketAddr::from(([127, 0, 0, 1], 8081)))),
+            admin_listen: Listen(Some(SocketAddr::from(([127, 0, 0, 1], 9644)))),
+        }
+    }
+}
+
+impl HttpArgs {
+    /// `metrics_listen` is the `--metrics-listen` flag: a separate /metrics listener,
+    /// unless it is the Admin API's own address.
+    pub fn config(&self, metrics_listen: Option<SocketAddr>) -> takhin_http::HttpConfig {
+        takhin_http::HttpConfig {
+            schema_registry_listen: self.schema_registry_listen.0,
+            admin_listen: self.admin_listen.0,
+            metrics_listen: metrics_listen.filter(|addr| Some(*addr) != self.admin_listen.0),
+        }
+    }
 }
 
 /// `takhin dev` takes every listener's flag, so two can run side by side (port 0 picks a
@@ -87,9 +143,12 @@ pub struct DevArgs {
     /// Kafka protocol listener [default: 127.0.0.1:9092].
     #[arg(long)]
     pub kafka_listen: Option<SocketAddr>,
-    /// Broker /metrics listener (every service's metrics) [default: 127.0.0.1:9644].
+    /// A separate /metrics listener (every service's metrics); by default the Admin API
+    /// serves them on 127.0.0.1:9644.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// WES UTXO gRPC listener.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub utxo_listen: SocketAddr,

@@ -77,7 +77,8 @@ fn main() -> anyhow::Result<()> {
         Command::Broker(args) => {
             let exit_on_stdin_eof = args.exit_on_stdin_eof;
             let config = config::broker_config(&args)?;
-            runtime.block_on(run_broker(config, exit_on_stdin_eof, "broker"))
+            let http = args.http.config(args.metrics_listen);
+            runtime.block_on(run_broker(config, http, exit_on_stdin_eof, "broker"))
         }
         Command::Bench(BenchCommand::Produce(args)) => takhin_bench::produce(&args),
         Command::Bench(BenchCommand::Consume(args)) => takhin_bench::consume(&args),
@@ -93,7 +94,8 @@ fn main() -> anyhow::Result<()> {
 /// embedded defaults (SQLite, the in-process cache, the built-in broker).
 async fn dev(args: config::DevArgs) -> anyhow::Result<()> {
     let root = config::dev_data_dir(&args)?;
-    let broker = start_broker(config::dev_config(&args)?, "dev").await?;
+    let http = args.http.config(args.metrics_listen);
+    let (broker, http) = start_broker(config::dev_config(&args)?, http, "dev").await?;
     let utxo = utxo::start_dev(root.join("utxo"), args.utxo_listen).await?;
     let axs_args = axs_cli::AxsArgs {
         listen: Some(args.axs_listen),
@@ -128,39 +130,61 @@ async fn dev(args: config::DevArgs) -> anyhow::Result<()> {
     consumer.shutdown().await;
     ledger.shutdown().await;
     utxo.shutdown().await.context("stopping the utxo server")?;
+    http.shutdown().await;
     broker.shutdown().await;
     Ok(())
 }
 
 async fn run_broker(
     config: takhin_broker::BrokerConfig,
+    http: takhin_http::HttpConfig,
     exit_on_stdin_eof: bool,
     mode: &str,
 ) -> anyhow::Result<()> {
-    let running = start_broker(config, mode).await?;
+    let (running, http) = start_broker(config, http, mode).await?;
     wait_for_stop(exit_on_stdin_eof).await;
     tracing::info!("shutting down");
+    http.shutdown().await;
     running.shutdown().await;
     Ok(())
 }
 
+/// Starts the broker and its HTTP surfaces. The HTTP crate serves /metrics (on the Admin
+/// API, and on `--metrics-listen` when given), so the broker's own exporter is off.
 async fn start_broker(
-    config: takhin_broker::BrokerConfig,
+    mut config: takhin_broker::BrokerConfig,
+    mut http: takhin_http::HttpConfig,
     mode: &str,
-) -> anyhow::Result<takhin_broker::RunningBroker> {
+) -> anyhow::Result<(takhin_broker::RunningBroker, takhin_http::RunningHttp)> {
     let data_dir = config.data_dir.clone();
+    if http.admin_listen.is_none() && http.metrics_listen.is_none() {
+        // Without the Admin API the config's metrics listener (9644 by default) serves.
+        http.metrics_listen = config.metrics_listen;
+    }
+    config.metrics_listen = None;
     let running = takhin_broker::run(config)
         .await
         .context("starting the broker")?;
+    let surfaces = takhin_http::start(running.broker.clone(), &http)
+        .await
+        .context("starting the HTTP surfaces")?;
+    let metrics = surfaces.metrics_addr.or(surfaces.admin_addr);
     println!(
         "takhin {mode} listening kafka={} metrics={} data={}",
         running.kafka_addr,
-        running
-            .metrics_addr
-            .map_or("off".to_owned(), |addr| format!("http://{addr}/metrics")),
+        metrics.map_or("off".to_owned(), |addr| format!("http://{addr}/metrics")),
         data_dir.display(),
     );
-    Ok(running)
+    println!(
+        "  schema registry: {}    admin: {}",
+        surfaces
+            .schema_registry_addr
+            .map_or("off".to_owned(), |addr| format!("http://{addr}")),
+        surfaces.admin_addr.map_or("off".to_owned(), |addr| format!(
+            "http://{addr}/v1/status/ready"
+        )),
+    );
+    Ok((running, surfaces))
 }
 
 /// Resolves on Ctrl-C, SIGTERM, or (when asked) end of stdin, which lets a test

@@ -166,8 +166,10 @@ fn broker(dir: &Path, listen: &str) -> Proc {
             dir.join("broker").to_str().unwrap(),
             "--kafka-listen",
             listen,
-            "--metrics-listen",
+            "--admin-listen",
             "127.0.0.1:0",
+            "--schema-registry-listen",
+            "none",
         ],
     )
 }

@@ -67,6 +67,7 @@ class Broker:
         self.extra_args = list(extra_args)
         self.port = free_port()
         self.metrics_port = free_port()
+        self.registry_port = free_port()
         self.proc: subprocess.Popen | None = None
         self._log_file = None
         self.starts = 0
@@ -88,7 +89,9 @@ class Broker:
             self.binary, "broker",
             "--data-dir", str(self.data_dir),
             "--kafka-listen", self.bootstrap,
-            "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+            # The Admin API serves /metrics (as it does by default on 9644).
+            "--admin-listen", f"127.0.0.1:{self.metrics_port}",
+            "--schema-registry-listen", f"127.0.0.1:{self.registry_port}",
             "--exit-on-stdin-eof",
             *self.extra_args,
         ]

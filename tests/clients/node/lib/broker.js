@@ -57,7 +57,7 @@ async function startBroker (extraArgs = []) {
   const port = await freePort()
   const metricsPort = await freePort()
   const args = ['broker', '--data-dir', dataDir, '--kafka-listen', `127.0.0.1:${port}`,
-    '--metrics-listen', `127.0.0.1:${metricsPort}`, '--exit-on-stdin-eof',
+    '--admin-listen', `127.0.0.1:${metricsPort}`, '--schema-registry-listen', 'none', '--exit-on-stdin-eof',
     '--group-initial-rebalance-delay-ms', '0', ...extraArgs]
   const log = fs.openSync(logPath, 'a')
   const proc = spawn(bin, args, { stdio: ['pipe', log, log] })
