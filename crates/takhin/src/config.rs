@@ -31,8 +31,8 @@ pub struct BrokerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertised_kafka: Option<String>,
-    /// A separate Prometheus /metrics listener; by default the Admin API serves /metrics
-    /// on its own listener (127.0.0.1:9644) [default: 127.0.0.1:9644].
+    /// A separate Prometheus /metrics listener. The Admin API serves /metrics on its own
+    /// listener; with `--admin-listen none` this defaults to 127.0.0.1:9644.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,

@@ -599,12 +599,14 @@ impl Registry {
                     format!("Subject '{subject}' was soft deleted."),
                 ))
             }
-            (true, true) => return Err(ApiError::new(
-                codes::SUBJECT_NOT_SOFT_DELETED,
-                format!(
+            (true, true) => {
+                return Err(ApiError::new(
+                    codes::SUBJECT_NOT_SOFT_DELETED,
+                    format!(
                     "Subject '{subject}' was not deleted first before being permanently deleted"
                 ),
-            )),
+                ))
+            }
             (true, false) => {
                 for version in &versions {
                     changes.push(Change::Schema {
