@@ -62,6 +62,36 @@ pub struct Submitted {
     pub created_at_ms: i64,
 }
 
+impl Submitted {
+    /// The answer for `request`, given what the store already held under its key: the
+    /// first answer again for the same payload, [`StoreError::KeyConflict`] naming the
+    /// first differing field for another, a new INIT row when nothing was stored.
+    pub(crate) fn answer(
+        request: &ChangeRequest,
+        stored: Option<&ChangeRecord>,
+        now_ms: i64,
+    ) -> Result<Self, StoreError> {
+        let key = request.key.clone();
+        match stored {
+            Some(stored) => match stored.request.first_difference(request) {
+                Some(field) => Err(StoreError::KeyConflict { key, field }),
+                None => Ok(Self {
+                    key,
+                    status: stored.status,
+                    duplicate: true,
+                    created_at_ms: stored.created_at_ms,
+                }),
+            },
+            None => Ok(Self {
+                key,
+                status: ChangeStatus::Init,
+                duplicate: false,
+                created_at_ms: now_ms,
+            }),
+        }
+    }
+}
+
 /// A page of an account's history, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryQuery<'a> {

@@ -26,9 +26,7 @@ use super::rows::{
 };
 use super::{Fence, HistoryPage, HistoryQuery, LedgerStore, StoreError, Submitted};
 use crate::engine::{Plan, Positioned, Snapshot};
-use crate::model::{
-    Account, AccountState, Balance, BalanceState, ChangeRecord, ChangeRequest, ChangeStatus,
-};
+use crate::model::{Account, AccountState, Balance, BalanceState, ChangeRecord, ChangeRequest};
 
 const SCHEMA: [&str; 11] = [
     "CREATE TABLE IF NOT EXISTS axs_accounts (
@@ -333,33 +331,11 @@ impl LedgerStore for PostgresLedgerStore {
                 existing.insert(record.request.key.clone(), record);
             }
         }
-        let mut answers = Vec::with_capacity(changes.len());
-        for (request, _) in changes {
-            let answer = match existing.get(&request.key) {
-                Some(stored) => {
-                    if let Some(field) = stored.request.first_difference(request) {
-                        // Dropping `tx` rolls the whole call back: nothing of it is kept.
-                        return Err(StoreError::KeyConflict {
-                            key: request.key.clone(),
-                            field,
-                        });
-                    }
-                    Submitted {
-                        key: request.key.clone(),
-                        status: stored.status,
-                        duplicate: true,
-                        created_at_ms: stored.created_at_ms,
-                    }
-                }
-                None => Submitted {
-                    key: request.key.clone(),
-                    status: ChangeStatus::Init,
-                    duplicate: false,
-                    created_at_ms: now_ms,
-                },
-            };
-            answers.push(answer);
-        }
+        // A conflict returns early: dropping `tx` rolls the whole call back.
+        let answers = changes
+            .iter()
+            .map(|(request, _)| Submitted::answer(request, existing.get(&request.key), now_ms))
+            .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await?;
         Ok(answers)
     }

@@ -21,9 +21,7 @@ use super::rows::{
 };
 use super::{Fence, HistoryPage, HistoryQuery, LedgerStore, StoreError, Submitted};
 use crate::engine::{Plan, Positioned, Snapshot};
-use crate::model::{
-    Account, AccountState, Balance, BalanceState, ChangeRecord, ChangeRequest, ChangeStatus,
-};
+use crate::model::{Account, AccountState, Balance, BalanceState, ChangeRecord, ChangeRequest};
 
 const SCHEMA: [&str; 9] = [
     "CREATE TABLE IF NOT EXISTS axs_accounts (
@@ -256,40 +254,20 @@ impl LedgerStore for SqliteLedgerStore {
         let mut answers = Vec::with_capacity(changes.len());
         let mut fresh = Vec::new();
         for (request, shard) in changes {
-            match existing.get(&request.key) {
-                Some(stored) => {
-                    if let Some(field) = stored.request.first_difference(request) {
-                        return Err(StoreError::KeyConflict {
-                            key: request.key.clone(),
-                            field,
-                        });
-                    }
-                    answers.push(Submitted {
-                        key: request.key.clone(),
-                        status: stored.status,
-                        duplicate: true,
-                        created_at_ms: stored.created_at_ms,
-                    });
-                }
-                None => {
-                    fresh.push(json!([
-                        request.key,
-                        request.account,
-                        request.asset,
-                        request.amount.to_string(),
-                        request.kind.code(),
-                        request.pending_key,
-                        i64_of(request.timeout_ms),
-                        request.metadata,
-                        shard,
-                    ]));
-                    answers.push(Submitted {
-                        key: request.key.clone(),
-                        status: ChangeStatus::Init,
-                        duplicate: false,
-                        created_at_ms: now_ms,
-                    });
-                }
+            let stored = existing.get(&request.key);
+            answers.push(Submitted::answer(request, stored, now_ms)?);
+            if stored.is_none() {
+                fresh.push(json!([
+                    request.key,
+                    request.account,
+                    request.asset,
+                    request.amount.to_string(),
+                    request.kind.code(),
+                    request.pending_key,
+                    i64_of(request.timeout_ms),
+                    request.metadata,
+                    shard,
+                ]));
             }
         }
         if !fresh.is_empty() {
